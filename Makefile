@@ -1,0 +1,68 @@
+# clv_training: every target creates .venv and installs the pinned dependencies on first use.
+# `make help` lists the targets.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+# The local env manager of `mlflow models serve` starts uvicorn from PATH.
+export PATH := $(BIN):$(PATH)
+export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK := true
+
+ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 5001
+UI_PORT ?= 5000
+MODEL ?= models:/clv@champion
+STORE := $(abspath mlruns)
+TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
+export MLFLOW_TRACKING_URI := $(TRACKING_URI)
+INPUT ?=
+OUTPUT ?= predictions.csv
+AS_OF ?=
+VERSION ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-slow ui serve predict promote bench bench-quick clean
+
+help: ## List every target with one line each
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# uv installs the same pins in seconds; plain pip is the fallback.
+	( $(BIN)/python -m pip install --quiet uv && \
+	  $(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt && \
+	  $(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e . ) || \
+	( $(BIN)/python -m pip install --quiet -r requirements.txt && \
+	  $(BIN)/python -m pip install --quiet --no-deps -e . )
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the pinned dependencies and the package
+
+train: $(STAMP) ## Run the training job (Hydra overrides: make train ARGS='horizon_days=91')
+	$(BIN)/python -m clv_training.jobs.train $(ARGS)
+
+test: $(STAMP) ## Run the default test suite (slow tests excluded)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## Run only the slow tests
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+ui: $(STAMP) ## Open the MLflow UI on the project store (127.0.0.1:UI_PORT)
+	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --host $(HOST) --port $(UI_PORT)
+
+serve: $(STAMP) ## Serve the champion with mlflow models serve (127.0.0.1:PORT)
+	$(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local --host $(HOST) --port $(PORT)
+
+predict: $(STAMP) ## Score a file: make predict INPUT=tx.csv OUTPUT=out.csv [AS_OF=YYYY-MM-DD]
+	$(BIN)/python -m clv_training.jobs.predict input=$(INPUT) output=$(OUTPUT) \
+		$(if $(AS_OF),as_of=$(AS_OF)) model_uri='$(MODEL)' $(ARGS)
+
+promote: $(STAMP) ## Promote a registered version to champion: make promote VERSION=N
+	$(BIN)/python -m clv_training.jobs.promote version=$(VERSION) $(ARGS)
+
+clean: ## Remove caches and Hydra outputs (keeps .venv and mlruns)
+	rm -rf outputs multirun .pytest_cache .hypothesis catboost_info
