@@ -207,3 +207,12 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
+
+
+def to_dataclass(schema: type, node: Any) -> Any:
+    """Turn a config node (DictConfig or dict) into an instance of ``schema``, with the
+    schema's type checks and nested dataclasses (e.g. ``DataConfig.columns``)."""
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+    return OmegaConf.to_object(merged)

@@ -1,0 +1,480 @@
+"""The training job behind ``make train``.
+
+Validate the log -> plan cutoffs -> build examples -> tune and test every model family ->
+fit the churn model -> choose the winner on validation -> refit it on the latest window
+-> log it as a pyfunc -> register it as ``challenger`` -> promote it if it beats the
+champion. Run with ``python -m clv_training.jobs.train key=value ...``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from clv_training import registry, tracking, tuning
+from clv_training.config import (
+    DataConfig,
+    FeaturesConfig,
+    SplitConfig,
+    register_configs,
+    to_dataclass,
+)
+from clv_training.data import CUSTOMER_ID, TIMESTAMP
+from clv_training.data.contract import prepare_transactions
+from clv_training.data.load import read_raw
+from clv_training.evaluation import metrics as M
+from clv_training.evaluation import plots
+from clv_training.features.build import feature_columns
+from clv_training.intervals import ConformalIntervals
+from clv_training.models import make_model
+from clv_training.models.base import CLVModel, ModelFitError
+from clv_training.models.churn import ChurnModel
+from clv_training.pipeline import CLVPipeline
+from clv_training.segments import SegmentRule
+from clv_training.serving import input_example, load_and_check, log_pipeline
+from clv_training.split import CutoffPlan, is_calibration_customer, make_examples, plan_cutoffs
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+FAMILIES = ("formula", "btyd", "sklearn", "catboost")
+TARGET = "target_spend"
+
+register_configs()
+
+
+@dataclass
+class FamilyResult:
+    """One family's outcome on the validation and test windows."""
+
+    family: str
+    status: str
+    run_id: str
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    diagnostic: str = ""
+    test_pred: np.ndarray | None = None
+
+
+@dataclass
+class Windows:
+    """The example rows of each fit (see docs/ARCHITECTURE.md, "Cutoffs")."""
+
+    plan: CutoffPlan
+    examples: pd.DataFrame
+
+    def rows(self, cutoffs, *, calibration: bool | None = None) -> pd.DataFrame:
+        mask = self.examples["cutoff"].isin(list(cutoffs))
+        if calibration is not None:
+            mask &= self.examples["calibration"] == calibration
+        return self.examples[mask].reset_index(drop=True)
+
+    def at(self, cutoff, *, calibration: bool | None = None) -> pd.DataFrame:
+        return self.rows([cutoff], calibration=calibration)
+
+
+def _sigterm_to_interrupt(signum, frame):  # pragma: no cover - exercised by the fault test
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _selection(cfg: DictConfig) -> tuple[str, bool]:
+    return str(cfg.selection.metric), bool(cfg.selection.greater_is_better)
+
+
+def _fit(
+    family: str, params: dict, cfg: DictConfig, train: pd.DataFrame, **fit_kwargs
+) -> CLVModel:
+    model = make_model(family, params, int(cfg.horizon_days), int(cfg.seed))
+    return model.fit(train, train[TARGET].to_numpy(float), **fit_kwargs)
+
+
+def _interval_bounds(intervals: ConformalIntervals, pred: np.ndarray):
+    bounds = intervals.predict(pred)
+    lower = {level: lo for level, (lo, _) in bounds.items()}
+    upper = {level: hi for level, (_, hi) in bounds.items()}
+    return lower, upper
+
+
+def train_family(family: str, cfg: DictConfig, windows: Windows, storage, digest: str):
+    """Tune (if the family has a search space), then fit and score on the test window."""
+    plan = windows.plan
+    model_cfg = cfg.models[family]
+    fixed = OmegaConf.to_container(model_cfg.params, resolve=True) or {}
+    search = OmegaConf.to_container(model_cfg.search, resolve=True) or {}
+    metric, greater = _selection(cfg)
+    tune_train = windows.rows(plan.tuning_cutoffs, calibration=False)
+    val = windows.at(plan.validation)
+    y_val = val[TARGET].to_numpy(float)
+    mlflow.log_params({f"fixed.{k}": v for k, v in fixed.items()})
+
+    def objective(params: dict, trial: optuna.Trial | None) -> float:
+        kwargs: dict[str, Any] = {}
+        if family == "catboost" and trial is not None and cfg.tuning.pruning:
+            from optuna_integration import CatBoostPruningCallback
+
+            probe = make_model(family, {**fixed, **params}, int(cfg.horizon_days), 0)
+            kwargs = {
+                "eval_set": (val, y_val),
+                "callbacks": [CatBoostPruningCallback(trial, probe.eval_metric_name)],
+            }
+        model = _fit(family, {**fixed, **params}, cfg, tune_train, **kwargs)
+        for callback in kwargs.get("callbacks", []):
+            callback.check_pruned()
+        pred = model.predict(val)
+        return M.regression_metrics(y_val, pred, "val")[f"val_{metric}"]
+
+    if search:
+        name = tuning.study_name(
+            cfg.tuning.study_prefix, family, digest, int(cfg.seed), str(plan.validation.date())
+        )
+        best, _, study = tuning.tune(
+            family,
+            search,
+            objective,
+            n_trials=int(cfg.tuning.n_trials),
+            seed=int(cfg.seed),
+            storage=storage,
+            name=name,
+            greater_is_better=greater,
+            metric=f"val_{metric}",
+            timeout=cfg.tuning.timeout_seconds,
+            show_progress_bar=bool(cfg.tuning.show_progress_bar),
+        )
+        mlflow.set_tags({"optuna_study": name, "optuna_trials": len(study.trials)})
+    else:
+        best = {}
+    params = {**fixed, **best}
+    mlflow.log_params({f"best.{k}": v for k, v in best.items()})
+
+    # Validation metrics of the chosen params (the figures model choice uses).
+    model = _fit(family, params, cfg, tune_train)
+    val_metrics = M.regression_metrics(y_val, model.predict(val), "val")
+
+    # Test: fit on every window that ends by the test cutoff; calibrate on held-out
+    # customers at the validation cutoff; score the test window.
+    test_train = windows.rows(plan.test_fit_cutoffs, calibration=False)
+    model = _fit(family, params, cfg, test_train)
+    cal = windows.at(plan.validation, calibration=True)
+    intervals = ConformalIntervals(
+        levels=tuple(cfg.intervals.levels), n_bins=int(cfg.intervals.n_bins)
+    ).fit(model.predict(cal), cal[TARGET].to_numpy(float))
+    test = windows.at(plan.test)
+    y_test = test[TARGET].to_numpy(float)
+    pred = model.predict(test)
+    lower, upper = _interval_bounds(intervals, pred)
+    test_metrics = {
+        **M.regression_metrics(y_test, pred, "test"),
+        **M.interval_metrics(y_test, lower, upper, "test"),
+    }
+    extra = _family_extras(family, model, test)
+    metrics = {**val_metrics, **test_metrics, **extra}
+    mlflow.log_metrics(metrics)
+
+    table = M.coverage_table(y_test, pred, lower, upper)
+    tracking.log_frame(table, "evaluation/coverage_table.csv")
+    tracking.log_frame(M.decile_table(y_test, pred), "evaluation/decile_table.csv")
+    tracking.log_figure(
+        plots.plot_decile_calibration(y_test, pred, f"{family}: test window by decile"),
+        "plots/decile_calibration.png",
+    )
+    tracking.log_figure(plots.plot_coverage(table, list(cfg.intervals.levels)),
+                        "plots/coverage.png")
+    tracking.log_figure(plots.plot_gains_curve({family: (y_test, pred)}), "plots/gains.png")
+    importance = model.feature_importance()
+    if importance is not None:
+        tracking.log_figure(
+            plots.plot_feature_importance(importance, f"{family}: feature importance"),
+            "plots/feature_importance.png",
+        )
+    diagnostics = model.fit_diagnostics() or {}
+    if diagnostics:
+        mlflow.log_metrics({f"fit_{k}": float(v) for k, v in diagnostics.items()})
+    return params, metrics, pred
+
+
+def _family_extras(family: str, model: CLVModel, test: pd.DataFrame) -> dict[str, float]:
+    """BG/NBD's own churn estimate, set beside the classifier's."""
+    if family != "btyd" or not hasattr(model, "prob_no_purchase"):
+        return {}
+    churned = (test["target_occasions"].to_numpy() == 0).astype(int)
+    prob = np.clip(np.asarray(model.prob_no_purchase(test), dtype=float), 0.0, 1.0)
+    found = M.churn_metrics(churned, prob, "test")
+    return {f"{k}_btyd": v for k, v in found.items()}
+
+
+def fit_churn(cfg: DictConfig, windows: Windows, train_cutoffs, cal_cutoff) -> ChurnModel:
+    train = windows.rows(train_cutoffs, calibration=False)
+    cal = windows.at(cal_cutoff, calibration=True)
+    params = OmegaConf.to_container(cfg.churn.params, resolve=True)
+    churn = ChurnModel(params=params, seed=int(cfg.seed))
+    churn.fit(train, (train["target_occasions"].to_numpy() == 0).astype(int))
+    churn.calibrate(
+        cal, (cal["target_occasions"].to_numpy() == 0).astype(int), method=cfg.churn.calibration
+    )
+    return churn
+
+
+def evaluate_churn(cfg: DictConfig, windows: Windows) -> tuple[ChurnModel, dict[str, float]]:
+    plan = windows.plan
+    churn = fit_churn(cfg, windows, plan.test_fit_cutoffs, plan.validation)
+    test = windows.at(plan.test)
+    churned = (test["target_occasions"].to_numpy() == 0).astype(int)
+    prob = churn.predict_proba(test)
+    found = M.churn_metrics(churned, prob, "test")
+    tracking.log_figure(plots.plot_reliability(churned, prob, "churn: test window"),
+                        "plots/churn_reliability.png")
+    tracking.log_frame(M.reliability_table(churned, prob), "evaluation/churn_reliability.csv")
+    return churn, found
+
+
+def leaderboard(results: dict[str, FamilyResult], metric: str) -> pd.DataFrame:
+    columns = [
+        f"val_{metric}", "test_rmse", "test_mae", "test_spearman", "test_gini",
+        "test_decile_mape", "test_top_decile_capture", "test_total_error",
+        "test_coverage_80", "test_coverage_90", "test_width_90", "test_churn_auc",
+    ]
+    rows = []
+    for family, result in results.items():
+        row = {"family": family, "status": result.status}
+        row.update({c: result.metrics.get(c, np.nan) for c in columns})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("family")
+
+
+def choose_winner(results: dict[str, FamilyResult], metric: str, greater: bool) -> str:
+    ok = {f: r for f, r in results.items() if r.status == "ok"}
+    if not ok:
+        raise RuntimeError(
+            "every model family failed: "
+            + "; ".join(f"{f}: {r.diagnostic}" for f, r in results.items())
+        )
+    key = f"val_{metric}"
+    ranked = sorted(ok, key=lambda f: ok[f].metrics[key], reverse=greater)
+    return ranked[0]
+
+
+def build_final_pipeline(
+    cfg: DictConfig, windows: Windows, family: str, params: dict
+) -> CLVPipeline:
+    """Refit the winner on every window up to the observation end (the registered model)."""
+    plan = windows.plan
+    train = windows.rows(plan.final_cutoffs, calibration=False)
+    model = _fit(family, params, cfg, train)
+    cal = windows.at(plan.test, calibration=True)
+    intervals = ConformalIntervals(
+        levels=tuple(cfg.intervals.levels), n_bins=int(cfg.intervals.n_bins)
+    ).fit(model.predict(cal), cal[TARGET].to_numpy(float))
+    churn = fit_churn(cfg, windows, plan.final_cutoffs, plan.test)
+    latest = windows.at(plan.test)
+    segments = SegmentRule(
+        high_quantile=float(cfg.segments.high_quantile),
+        medium_quantile=float(cfg.segments.medium_quantile),
+        at_risk_churn_probability=float(cfg.segments.at_risk_churn_probability),
+    ).fit(model.predict(latest))
+    return CLVPipeline(
+        family=family,
+        model=model,
+        intervals=intervals,
+        churn=churn,
+        segments=segments,
+        horizon_days=int(cfg.horizon_days),
+        features_cfg=OmegaConf.to_container(cfg.features, resolve=True),
+        segments_cfg=OmegaConf.to_container(cfg.segments, resolve=True),
+        data_policy={
+            "timezone": str(cfg.data.timezone),
+            "duplicates": str(cfg.data.duplicates),
+            "occasion_policy": str(cfg.data.occasion_policy),
+        },
+        metadata={"params": params, "observation_end": str(plan.observation_end.date())},
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The whole job; returns ids and figures for callers and tests."""
+    started = time.monotonic()
+    root = Path(cfg.paths.root)
+    metric, greater = _selection(cfg)
+
+    data_cfg = to_dataclass(DataConfig, cfg.data)
+    raw = read_raw(data_cfg, root=root)
+    prepared = prepare_transactions(raw, data_cfg)
+    tx = prepared.transactions
+    first_day = tx[TIMESTAMP].min().normalize()
+    split_cfg = to_dataclass(SplitConfig, cfg.split)
+    feat_cfg = to_dataclass(FeaturesConfig, cfg.features)
+    plan = plan_cutoffs(first_day, prepared.observation_end, int(cfg.horizon_days), split_cfg)
+    log.info(
+        "cutoffs: train %s, validation %s, test %s, observation end %s (horizon %d days)",
+        [str(c.date()) for c in plan.train], plan.validation.date(), plan.test.date(),
+        plan.observation_end.date(), cfg.horizon_days,
+    )
+    examples = make_examples(tx, plan.final_cutoffs, int(cfg.horizon_days), feat_cfg)
+    examples["calibration"] = is_calibration_customer(
+        examples[CUSTOMER_ID], float(cfg.split.calibration_fraction), int(cfg.seed)
+    )
+    windows = Windows(plan=plan, examples=examples)
+    digest = tracking.data_digest(tx)
+
+    tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.artifact_root, cfg.mlflow.experiment)
+    storage = tuning.make_storage(cfg.tuning.storage, cfg.paths.mlruns)
+    tags = {
+        "git_commit": tracking.git_commit(root),
+        "data_digest": digest,
+        "dataset": str(cfg.data.name),
+        "cutoff_test": str(plan.test.date()),
+        "cutoff_validation": str(plan.validation.date()),
+        "cutoffs_train": ",".join(str(c.date()) for c in plan.train),
+        "observation_end": str(plan.observation_end.date()),
+        "horizon_days": str(cfg.horizon_days),
+        **{f"rows.{k}": str(v) for k, v in prepared.counts.items()},
+    }
+    results: dict[str, FamilyResult] = {}
+    with tracking.run(f"train-{cfg.data.name}", tags=tags) as parent:
+        tracking.log_params(OmegaConf.to_container(cfg, resolve=True))
+        tracking.log_frame(prepared.set_aside, "data/set_aside.csv")
+        mlflow.log_dict(prepared.counts, "data/row_counts.json")
+        mlflow.log_metrics({f"rows_{k}": float(v) for k, v in prepared.counts.items()})
+
+        for family in FAMILIES:
+            if not cfg.models[family].enabled:
+                continue
+            results[family] = _run_family(family, cfg, windows, storage, digest)
+
+        churn, churn_metrics = evaluate_churn(cfg, windows)
+        mlflow.log_metrics(churn_metrics)
+        for result in results.values():
+            result.metrics.update(churn_metrics)
+            if result.status == "ok":
+                with mlflow.start_run(run_id=result.run_id, nested=True):
+                    mlflow.log_metrics(churn_metrics)
+
+        test = windows.at(plan.test)
+        curves = {
+            f: (test[TARGET].to_numpy(float), r.test_pred)
+            for f, r in results.items()
+            if r.test_pred is not None
+        }
+        if curves:
+            tracking.log_figure(plots.plot_gains_curve(curves), "plots/gains_all_families.png")
+        board = leaderboard(results, metric)
+        tracking.log_frame(board, "leaderboard.csv", index=True)
+
+        winner = choose_winner(results, metric, greater)
+        won = results[winner]
+        mlflow.set_tags({"winner": winner, "winner_run_id": won.run_id})
+        mlflow.log_metrics({k: v for k, v in won.metrics.items() if np.isfinite(v)})
+        log.info("winner on val_%s: %s (%.4f)", metric, winner, won.metrics[f"val_{metric}"])
+
+        pipeline = build_final_pipeline(cfg, windows, winner, won.params)
+        pipeline.metadata.update({"run_id": parent.info.run_id, "data_digest": digest})
+        example = input_example(tx)
+        version = None
+        decision = None
+        if cfg.register:
+            version, decision = _register(cfg, pipeline, example, won, tags, parent.info.run_id)
+        elapsed = time.monotonic() - started
+        mlflow.log_metric("job_seconds", elapsed)
+
+    _log_summary(board, winner, metric, version, decision, elapsed)
+    return {
+        "run_id": parent.info.run_id,
+        "winner": winner,
+        "version": version,
+        "promoted": None if decision is None else decision.promoted,
+        "leaderboard": board,
+        "results": results,
+        "plan": plan,
+        "counts": prepared.counts,
+    }
+
+
+def _run_family(family, cfg, windows, storage, digest) -> FamilyResult:
+    """Train one family in its own child run; a failure is recorded, not fatal."""
+    run_id = ""
+    try:
+        with tracking.run(family, nested=True, tags={"family": family}) as child:
+            run_id = child.info.run_id
+            params, found, pred = train_family(family, cfg, windows, storage, digest)
+            mlflow.set_tag("status", "ok")
+        return FamilyResult(family, "ok", run_id, params, found, test_pred=pred)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # noqa: BLE001 - one family failing must not stop the others
+        diagnostic = (
+            error.diagnostic if isinstance(error, ModelFitError) else f"{type(error).__name__}: "
+            f"{error}"
+        )
+        if cfg.fail_fast:
+            raise
+        log.error("%s failed (the other families go on): %s", family, diagnostic)
+        if run_id:
+            client = mlflow.MlflowClient()
+            client.set_tag(run_id, "status", "failed")
+            client.set_tag(run_id, "diagnostic", str(diagnostic)[:5000])
+        return FamilyResult(family, "failed", run_id, diagnostic=str(diagnostic))
+
+
+def _register(cfg, pipeline, example, won: FamilyResult, tags, run_id):
+    """Log the pyfunc, prove that it loads, then register and consider promotion."""
+    info = log_pipeline(pipeline, example)
+    load_and_check(info.model_uri, example)
+    metric, greater = _selection(cfg)
+    version_tags = {
+        "run_id": run_id,
+        "family": won.family,
+        "test_window": f"{tags['cutoff_test']}..{tags['observation_end']}|{tags['data_digest']}",
+        "data_digest": tags["data_digest"],
+        "git_commit": tags["git_commit"],
+        "horizon_days": tags["horizon_days"],
+        **{k: f"{v:.6g}" for k, v in won.metrics.items() if k.startswith("test_")},
+    }
+    version = registry.register(info.model_uri, cfg.mlflow.model_name, version_tags)
+    coverage = won.metrics.get("test_coverage_90", np.nan)
+    if abs(coverage - 0.9) > cfg.promotion.coverage_tolerance:
+        log.warning(
+            "test_coverage_90=%.3f is outside 0.9 +/- %.2f: the window shifted between "
+            "calibration and test", coverage, cfg.promotion.coverage_tolerance,
+        )
+    decision = registry.consider(
+        cfg.mlflow.model_name,
+        version,
+        metric=metric,
+        greater_is_better=greater,
+        coverage_tolerance=float(cfg.promotion.coverage_tolerance),
+        promote_on_window_change=bool(cfg.promotion.promote_on_window_change),
+        extra_tags={"git_commit": tags["git_commit"], "data_digest": tags["data_digest"]},
+    )
+    mlflow.set_tags({"registered_version": version, "promoted": str(decision.promoted)})
+    return version, decision
+
+
+def _log_summary(board, winner, metric, version, decision, elapsed) -> None:
+    with pd.option_context("display.width", 200, "display.max_columns", 20,
+                           "display.float_format", "{:.4f}".format):
+        log.info("leaderboard (test window unless val_):\n%s", board.to_string())
+    log.info("winner: %s (chosen on val_%s)", winner, metric)
+    if version is not None:
+        state = "champion" if decision.promoted else "challenger"
+        log.info("registered clv version %s as %s: %s", version, state, decision.reason)
+    log.info("finished in %.0f s; open the MLflow UI with `make ui`", elapsed)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
