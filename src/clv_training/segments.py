@@ -182,15 +182,18 @@ class SegmentRule:
         values = np.asarray(clv, dtype=np.float64).reshape(-1)
         churn = np.asarray(churn_probability, dtype=np.float64).reshape(-1)
         if values.size != churn.size:
-            raise ValueError(f"clv has {values.size} values but churn_probability has {churn.size}.")
+            raise ValueError(
+                f"clv has {values.size} values but churn_probability has {churn.size}."
+            )
         if np.any(np.isnan(values)):
             raise ValueError(f"clv has {int(np.sum(np.isnan(values)))} NaN values.")
         known = ~np.isnan(churn)
         if np.any((churn[known] < 0) | (churn[known] > 1)):
             raise ValueError("churn_probability must lie in [0, 1].")
         if not np.all(known):
-            logger.warning("%d customers have no churn probability; none is at risk.",
-                           int(np.sum(~known)))
+            logger.warning(
+                "%d customers have no churn probability; none is at risk.", int(np.sum(~known))
+            )
 
         high = (
             values > self.high_threshold_ if self.high_strict_
@@ -201,8 +204,7 @@ class SegmentRule:
             else values >= self.medium_threshold_
         )
         segment = np.where(high, "high", np.where(medium, "medium", "low"))
-        with np.errstate(invalid="ignore"):
-            at_risk = high & known & (churn >= self.at_risk_churn_probability)
+        at_risk = high & known & (np.nan_to_num(churn) >= self.at_risk_churn_probability)
         index = clv.index if isinstance(clv, pd.Series) else None
         return pd.DataFrame({"segment": segment.astype(str), "at_risk": at_risk}, index=index)
 
