@@ -166,4 +166,5 @@ def consider(
     for key, value in compared.items():
         client.set_model_version_tag(name, version, key, str(value))
     log.warning("%s version %s stays challenger: %s", name, version, reason)
-    return Decision(str(version), False, reason, None if champion is None else champion.version)
+    previous = None if champion is None else str(champion.version)
+    return Decision(str(version), False, reason, previous)

@@ -1,0 +1,71 @@
+"""Optuna studies: search spaces from YAML, resumable journal storage, nested MLflow runs."""
+
+from __future__ import annotations
+
+import mlflow
+import optuna
+import pytest
+
+from clv_training import tuning
+
+SPACE = {
+    "x": {"type": "float", "low": -3.0, "high": 3.0},
+    "k": {"type": "int", "low": 1, "high": 5},
+    "c": {"type": "categorical", "choices": ["a", "b"]},
+}
+
+
+def objective(params, trial):
+    return (params["x"] - 1.0) ** 2 + params["k"] + (params["c"] == "b")
+
+
+def run_study(storage, n_trials, seed=7):
+    return tuning.tune(
+        "toy", SPACE, objective, n_trials=n_trials, seed=seed, storage=storage, name="toy-study",
+        greater_is_better=False, metric="val_loss", show_progress_bar=False,
+    )
+
+
+def test_suggest_params_follows_the_space():
+    study = optuna.create_study()
+    params = tuning.suggest_params(study.ask(), SPACE)
+    assert -3 <= params["x"] <= 3 and 1 <= params["k"] <= 5 and params["c"] in {"a", "b"}
+    with pytest.raises(ValueError, match="use int, float or categorical"):
+        tuning.suggest_params(study.ask(), {"y": {"type": "uniform"}})
+
+
+def test_rerun_resumes_the_study_and_trials_are_nested_runs(mlflow_store, tmp_path):
+    storage = tuning.make_storage(None, tmp_path)
+    with mlflow.start_run() as parent:
+        _, _, study = run_study(storage, 4)
+        assert len(study.trials) == 4
+        # Same study, same budget: nothing more runs.
+        _, _, study = run_study(tuning.make_storage(None, tmp_path), 4)
+        assert len(study.trials) == 4
+        # A bigger budget runs only the difference.
+        best, value, study = run_study(tuning.make_storage(None, tmp_path), 6)
+        assert len(study.trials) == 6
+    assert value == pytest.approx(objective(best, None))
+    children = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
+    )
+    assert len(children) == 6
+    assert all("val_loss" in run.data.metrics for run in children)
+    assert (tmp_path / "optuna" / "journal.log").exists()
+
+
+def test_same_seed_gives_the_same_trials(tmp_path, mlflow_store):
+    with mlflow.start_run():
+        a = run_study(tuning.make_storage(str(tmp_path / "a.log"), tmp_path), 5)[2]
+        b = run_study(tuning.make_storage(str(tmp_path / "b.log"), tmp_path), 5)[2]
+    assert [t.params for t in a.trials] == [t.params for t in b.trials]
+
+
+def test_sqlite_storage_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not safe for several workers"):
+        tuning.make_storage(f"sqlite:///{tmp_path}/o.db", tmp_path)
+
+
+def test_study_name_is_a_safe_string():
+    name = tuning.study_name("clv", "catboost", "ab12", 42, "1997-12-30")
+    assert name == "clv-catboost-ab12-seed42-1997-12-30"
