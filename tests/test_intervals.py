@@ -187,3 +187,16 @@ def test_invalid_inputs_raise() -> None:
         ConformalIntervals(levels=(0.8, 1.0)).fit(np.ones(60), np.ones(60))
     with pytest.raises(RuntimeError, match="not fitted"):
         ConformalIntervals().predict([1.0])
+
+
+def test_levels_from_config_in_any_order() -> None:
+    from omegaconf import OmegaConf
+
+    levels = OmegaConf.create({"levels": [0.9, 0.8]}).levels
+    pred, y = simulate(500, seed=9)
+    ci = ConformalIntervals(levels=levels, n_bins=5).fit(pred, y)
+    assert ci.levels == (0.9, 0.8)
+    assert list(ci.to_frame(pred[:2]).columns) == [
+        "clv_lower_80", "clv_upper_80", "clv_lower_90", "clv_upper_90"
+    ]
+    assert pickle.loads(pickle.dumps(ci)).describe() == ci.describe()

@@ -114,6 +114,11 @@ class ConformalIntervals:
     the nominal share of that bin's future customers (Vovk's Mondrian conformal
     predictors); with continuous scores it over-covers by at most ``1 / (n_bin + 1)``.
 
+    Coverage is guaranteed per bin of *predicted* value, not per kind of *actual*
+    outcome: customers who end up buying nothing are covered more often than nominal
+    (zero sits inside most intervals) and buyers less often. ``coverage_table`` in
+    :mod:`clv_training.evaluation.metrics` reports both groups.
+
     Examples
     --------
     >>> rng = np.random.default_rng(0)
@@ -132,7 +137,8 @@ class ConformalIntervals:
         score: str = "scaled",
         min_bin_size: int = MIN_BIN_SIZE,
     ) -> None:
-        self.levels = levels
+        # Stored as plain floats so a pickled model does not carry OmegaConf containers.
+        self.levels = tuple(float(level) for level in levels)
         self.n_bins = n_bins
         self.score = score
         self.min_bin_size = min_bin_size
@@ -215,6 +221,10 @@ class ConformalIntervals:
             )
 
         if self.score == "scaled":
+            # Limitation: the offset is taken from the same calibration customers whose
+            # scores are ranked, which breaks exact exchangeability with a new customer. It
+            # is one scalar (a median), so the effect is negligible at the calibration
+            # sizes we accept; a separate split would cost calibration customers.
             median_pred = float(np.median(pred))
             fallback = float(np.mean(np.abs(actual - pred)))
             self.scale_offset_ = median_pred if median_pred > 0 else (fallback or 1.0)
@@ -225,6 +235,9 @@ class ConformalIntervals:
         raw_edges = np.unique(np.quantile(pred, quantile_points)) if quantile_points.size else []
         self.edges_ = _merge_small_bins(pred, np.asarray(raw_edges), min_size)
 
+        # Limitation: tied scores (many customers with identical spend, e.g. repeated
+        # zero-spend customers with identical predictions) make the order statistic sit
+        # on a tie, which can only add coverage, never lose it.
         scores = (actual - pred) / self._scale(pred)
         bins = self._bin_of(pred)
         n_used = self.edges_.size + 1

@@ -347,6 +347,8 @@ def coverage_table(
     """
     actual, pred = _pair(y_true, y_pred)
     actual, bounds = _bounds(actual, lower, upper)
+    # Limitation: coverage is per customer, so tied predictions cannot be averaged across
+    # a decile boundary as in the spend tables; they are split in input order.
     decile = decile_index(pred)
     groups = [(f"decile_{d}", decile == d) for d in range(1, N_DECILES + 1)]
     groups += [("actual_zero", actual == 0), ("actual_positive", actual > 0)]
