@@ -307,7 +307,8 @@ def _to_features(result: pd.DataFrame, cfg: FeaturesConfig) -> pd.DataFrame:
     """Index the SQL result by customer id and fix dtypes and column order."""
     columns = feature_columns(cfg)
     result[CUSTOMER_ID] = result[CUSTOMER_ID].astype(str)
-    features = result.set_index(CUSTOMER_ID)[columns].astype(np.float64)
+    # Sorted again in Python's order, whatever collation the SQL ORDER BY used.
+    features = result.set_index(CUSTOMER_ID)[columns].astype(np.float64).sort_index()
     features.columns.name = None
     return features
 
@@ -480,7 +481,7 @@ def _targets_query(
     result = con.execute(sql, params).df()
     result[CUSTOMER_ID] = result[CUSTOMER_ID].astype(str)
     targets = result.set_index(CUSTOMER_ID)[[TARGET_SPEND, TARGET_OCCASIONS]]
-    return targets.astype(np.float64)
+    return targets.astype(np.float64).sort_index()
 
 
 def build_targets(
