@@ -214,5 +214,7 @@ def to_dataclass(schema: type, node: Any) -> Any:
     schema's type checks and nested dataclasses (e.g. ``DataConfig.columns``)."""
     from omegaconf import OmegaConf
 
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node, resolve=True)
     merged = OmegaConf.merge(OmegaConf.structured(schema), node)
     return OmegaConf.to_object(merged)
