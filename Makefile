@@ -64,5 +64,11 @@ predict: $(STAMP) ## Score a file: make predict INPUT=tx.csv OUTPUT=out.csv [AS_
 promote: $(STAMP) ## Promote a registered version to champion: make promote VERSION=N
 	$(BIN)/python -m clv_training.jobs.promote version=$(VERSION) $(ARGS)
 
+bench: $(STAMP) ## Full benchmark (quality, speed, memory, scale); writes bench/results.json and bench/RESULTS.md
+	$(BIN)/python -m clv_training.bench.run --size full $(ARGS)
+
+bench-quick: $(STAMP) ## Small benchmark run (minutes); writes bench/results-quick.json and bench/RESULTS-quick.md
+	$(BIN)/python -m clv_training.bench.run --size quick $(ARGS)
+
 clean: ## Remove caches and Hydra outputs (keeps .venv and mlruns)
 	rm -rf outputs multirun .pytest_cache .hypothesis catboost_info
