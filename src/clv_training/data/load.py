@@ -146,6 +146,9 @@ def _file_format(cfg: DataConfig, path: Path) -> str:
 
 def _read_text(path: Path, fmt: str, names: list[str] | None) -> pd.DataFrame:
     """Read a CSV or whitespace-delimited file with every column as text."""
+    # Limitation: pandas' default NA tokens apply, so a CSV id written literally as "NA",
+    # "NULL" or "None" reads as missing (and is set aside). Turning them off would make
+    # real blanks and "nan" texts harder to catch; no real log we know of uses such ids.
     kwargs: dict = {
         "dtype": str,
         # index_col=False: never turn a leading column into the index when a row has
@@ -236,6 +239,7 @@ def _first_customers(raw: pd.DataFrame, max_customers: int) -> pd.DataFrame:
         # The contract will report the missing column; nothing to select on.
         return raw
     # The same id rules as the contract, so "00001 " and "00001" are one customer.
+    # Limitation: ids sort as text, so with numeric ids "10" comes before "9".
     ids = normalise_customer_ids(raw[CUSTOMER_ID])
     keep = sorted(set(ids.dropna()))[:max_customers]
     subset = raw[ids.isin(keep).to_numpy()].reset_index(drop=True)
