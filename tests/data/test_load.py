@@ -210,3 +210,29 @@ def test_max_customers_keeps_every_row_of_the_first_ids(tmp_path):
     assert_invariant(prepared)
     assert prepared.counts["rows_in"] == 3
     assert prepared.counts["customers_used"] == 2
+
+
+def test_names_on_a_file_with_a_header_points_at_data_names(tmp_path):
+    path = tmp_path / "tx.csv"
+    path.write_text("customer_id,timestamp,amount\na,2020-01-01,1\nb,2020-01-02,2\n")
+    cfg = csv_config(path, names=["customer_id", "timestamp", "amount"])
+    raw = read_raw(cfg)
+    assert raw[SOURCE_ROW].tolist() == [0, 1, 2]
+    with pytest.raises(DataContractError) as info:
+        prepare_transactions(raw, cfg)
+    message = str(info.value)
+    assert "source_row 0, customer_id 'customer_id', timestamp 'timestamp'" in message
+    assert "set data.names=null" in message
+
+
+def test_contract_error_survives_pickling(tmp_path):
+    import pickle
+
+    path = tmp_path / "tx.csv"
+    path.write_text("customer_id,timestamp,amount\na,2020-01-01,x\nb,2020-01-02,2\n")
+    cfg = csv_config(path)
+    with pytest.raises(DataContractError) as info:
+        prepare_transactions(read_raw(cfg), cfg)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert str(copy) == str(info.value)
+    assert copy.problems == info.value.problems

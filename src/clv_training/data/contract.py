@@ -462,11 +462,14 @@ def _problems_from_failures(
         if column == TIMESTAMP and check == "not_nullable":
             bad = pos[~raw_missing]
             sample = raw[TIMESTAMP].iat[bad[0]] if len(bad) else None
+            fix = _timestamp_fix(ctx, date_format, sample)
+            if ctx.from_config_file and len(bad) == 1 and bad[0] == 0 and n > 1:
+                fix += "; if the first row is a header line, set data.names=null"
             add(
                 ~raw_missing,
                 f"{label}: {_count(int((~raw_missing).sum()), n)} have a timestamp that "
                 "cannot be parsed (or lies outside 1677-2262)",
-                _timestamp_fix(ctx, date_format, sample),
+                fix,
             )
             add(
                 raw_missing,
