@@ -52,8 +52,13 @@ def test_plan_respects_step_max_and_min_history():
     cfg = SplitConfig(step_days=30, max_train_cutoffs=2, min_history_days=0)
     plan = plan_cutoffs(T("2020-01-01"), T("2020-12-31"), 60, cfg)
     assert plan.test == T("2020-11-01")
-    assert plan.validation == T("2020-10-02")
-    assert plan.train == (T("2020-08-03"), T("2020-09-02"))
+    # A step shorter than the horizon must not let the validation window reach into the
+    # test window, nor a training window into validation.
+    assert plan.validation == T("2020-09-02")
+    assert plan.train == (T("2020-06-04"), T("2020-07-04"))
+    horizon = pd.Timedelta(days=60)
+    assert plan.validation + horizon <= plan.test
+    assert all(c + horizon <= plan.validation for c in plan.train)
 
     # the earliest cutoff may sit exactly min_history_days after the first day
     cfg = SplitConfig(step_days=10, max_train_cutoffs=5, min_history_days=10)

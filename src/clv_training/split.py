@@ -105,9 +105,13 @@ def plan_cutoffs(
     Returns
     -------
     CutoffPlan
-        ``test = observation_end - horizon``, ``validation = test - step`` and up to
-        ``max_train_cutoffs`` training cutoffs ``validation - k * step`` (k = 1, 2, ...)
-        that leave at least ``min_history_days`` since ``first_day``.
+        ``test = observation_end - horizon``, ``validation = test - horizon`` (its target
+        window ends where the test window starts) and up to ``max_train_cutoffs``
+        training cutoffs ``validation - horizon - k * step`` (k = 0, 1, ...), whose target
+        windows end on or before the validation cutoff, each leaving at least
+        ``min_history_days`` since ``first_day``. A step shorter than the horizon stacks
+        overlapping training windows; it never lets a label cross into validation or
+        test.
 
     Raises
     ------
@@ -142,21 +146,21 @@ def plan_cutoffs(
     step = pd.Timedelta(days=step_days)
     earliest = first_day + pd.Timedelta(days=int(cfg.min_history_days))
     test = observation_end - horizon
-    validation = test - step
+    validation = test - horizon
     train = []
-    for k in range(1, int(cfg.max_train_cutoffs) + 1):
-        cutoff = validation - k * step
+    for k in range(int(cfg.max_train_cutoffs)):
+        cutoff = validation - horizon - k * step
         if cutoff < earliest:
             break
         train.append(cutoff)
 
     if not train:
-        needed = horizon_days + 2 * step_days + int(cfg.min_history_days)
+        needed = 3 * horizon_days + int(cfg.min_history_days)
         span = (observation_end - first_day).days
         raise ValueError(
             f"no training cutoff fits: with horizon_days={horizon_days} and a step of "
             f"{step_days} days, test={test.date()} and validation={validation.date()}, so "
-            f"the first training cutoff would be {(validation - step).date()}, before "
+            f"the first training cutoff would be {(validation - horizon).date()}, before "
             f"{earliest.date()} (first day {first_day.date()} + split.min_history_days="
             f"{cfg.min_history_days}). The log spans {span} days from {first_day.date()} "
             f"to {observation_end.date()}; it needs at least {needed}. Lower horizon_days, "
