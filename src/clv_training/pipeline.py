@@ -18,6 +18,7 @@ import pandas as pd
 from clv_training.config import DataConfig, FeaturesConfig, SegmentsConfig
 from clv_training.data import AMOUNT, CUSTOMER_ID, SOURCE_ROW, TIMESTAMP
 from clv_training.data.contract import prepare_transactions, validate_transactions_frame
+from clv_training.features.btyd import btyd_columns
 from clv_training.features.build import build_features
 from clv_training.intervals import ConformalIntervals
 from clv_training.models.base import CLVModel
@@ -73,12 +74,16 @@ class CLVPipeline:
     data_policy: dict[str, Any]
     model_version: str = "unregistered"
     metadata: dict[str, Any] = field(default_factory=dict)
+    # BG/NBD + Gamma-Gamma fitted at the observation end, when features.btyd_features.
+    btyd_features: Any = None
 
     def features_config(self) -> FeaturesConfig:
         return FeaturesConfig(**self.features_cfg)
 
     def score_features(self, features: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
         """Score customers from features already built at ``cutoff`` (index customer_id)."""
+        if self.features_cfg.get("btyd_features"):
+            features = features.join(btyd_columns(self.btyd_features, features))
         X = features.reset_index()
         X["cutoff"] = pd.Timestamp(cutoff)
         clv = np.asarray(self.model.predict(X), dtype=float)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ from clv_training.data.contract import prepare_transactions
 from clv_training.data.load import read_raw
 from clv_training.evaluation import metrics as M
 from clv_training.evaluation import plots
-from clv_training.features.build import feature_columns
+from clv_training.features.btyd import BTYDFeatures
+from clv_training.features.build import build_features
 from clv_training.intervals import ConformalIntervals
 from clv_training.models import make_model
 from clv_training.models.base import CLVModel, ModelFitError
@@ -46,6 +48,9 @@ from clv_training.serving import input_example, load_and_check, log_pipeline
 from clv_training.split import CutoffPlan, is_calibration_customer, make_examples, plan_cutoffs
 
 log = logging.getLogger(__name__)
+
+# The pruning callback is marked experimental; the warning repeats once per trial.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 FAMILIES = ("formula", "btyd", "sklearn", "catboost")
@@ -319,7 +324,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         [str(c.date()) for c in plan.train], plan.validation.date(), plan.test.date(),
         plan.observation_end.date(), cfg.horizon_days,
     )
-    examples = make_examples(tx, plan.final_cutoffs, int(cfg.horizon_days), feat_cfg)
+    btyd_hook = (
+        BTYDFeatures(int(cfg.horizon_days), int(cfg.seed)) if feat_cfg.btyd_features else None
+    )
+    examples = make_examples(
+        tx, plan.final_cutoffs, int(cfg.horizon_days), feat_cfg, extra=btyd_hook
+    )
     examples["calibration"] = is_calibration_customer(
         examples[CUSTOMER_ID], float(cfg.split.calibration_fraction), int(cfg.seed)
     )
@@ -377,6 +387,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("winner on val_%s: %s (%.4f)", metric, winner, won.metrics[f"val_{metric}"])
 
         pipeline = build_final_pipeline(cfg, windows, winner, won.params)
+        if btyd_hook is not None:
+            at_end = build_features(tx, plan.observation_end, feat_cfg)
+            pipeline.btyd_features = btyd_hook.fit_at(at_end, plan.observation_end)
         pipeline.metadata.update({"run_id": parent.info.run_id, "data_digest": digest})
         example = input_example(tx)
         version = None
