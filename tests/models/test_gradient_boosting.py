@@ -59,6 +59,7 @@ def test_catboost_importance_and_missing_feature(examples):
         model.predict(X.drop(columns="frequency"))
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_catboost_eval_set_and_optuna_pruning_callback(examples):
     X, y = examples(1500, seed=6)
     X_val, y_val = examples(500, seed=7)
