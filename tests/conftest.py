@@ -32,6 +32,7 @@ def compose_train(overrides: list[str], store: Path):
     """Compose conf/train.yaml as the job would, pointed at a temporary store."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
 
     from clv_training.config import register_configs
 
@@ -50,4 +51,7 @@ def compose_train(overrides: list[str], store: Path):
             return_hydra_config=True,
         )
         HydraConfig.instance().set_config(cfg)
+        # The job itself never sees the hydra node; drop it as Hydra does.
+        with open_dict(cfg):
+            del cfg["hydra"]
         return cfg

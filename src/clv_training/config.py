@@ -65,7 +65,7 @@ class FeaturesConfig:
     # Window (days) that the spend trend compares with the customer's earlier rate.
     trend_window_days: int = 90
     # Add BG/NBD expected purchases and P(alive) as features for the ML models.
-    btyd_features: bool = False
+    btyd_features: bool = True
     # duckdb memory limit and spill folder for large logs.
     duckdb_memory_limit: str = "4GB"
     duckdb_temp_directory: str | None = None
@@ -110,7 +110,7 @@ class ModelsConfig:
 class TuningConfig:
     """Optuna: trials per family, sampler seed, storage and pruning."""
 
-    n_trials: int = 12
+    n_trials: int = 10
     # Journal file under mlruns/optuna (safe with several workers), or a database URL.
     storage: str | None = None
     # Study name prefix; the family, data digest and seed are appended.

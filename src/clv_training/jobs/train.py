@@ -98,8 +98,10 @@ def _selection(cfg: DictConfig) -> tuple[str, bool]:
 
 
 def _fit(
-    family: str, params: dict, cfg: DictConfig, train: pd.DataFrame, **fit_kwargs
+    family: str, params: dict, cfg: DictConfig, windows: Windows, cutoffs, **fit_kwargs
 ) -> CLVModel:
+    """Fit a family on the rows of ``cutoffs`` that are not held out for calibration."""
+    train = windows.rows(cutoffs, calibration=False)
     model = make_model(family, params, int(cfg.horizon_days), int(cfg.seed))
     return model.fit(train, train[TARGET].to_numpy(float), **fit_kwargs)
 
@@ -118,7 +120,6 @@ def train_family(family: str, cfg: DictConfig, windows: Windows, storage, digest
     fixed = OmegaConf.to_container(model_cfg.params, resolve=True) or {}
     search = OmegaConf.to_container(model_cfg.search, resolve=True) or {}
     metric, greater = _selection(cfg)
-    tune_train = windows.rows(plan.tuning_cutoffs, calibration=False)
     val = windows.at(plan.validation)
     y_val = val[TARGET].to_numpy(float)
     mlflow.log_params({f"fixed.{k}": v for k, v in fixed.items()})
@@ -133,7 +134,7 @@ def train_family(family: str, cfg: DictConfig, windows: Windows, storage, digest
                 "eval_set": (val, y_val),
                 "callbacks": [CatBoostPruningCallback(trial, probe.eval_metric_name)],
             }
-        model = _fit(family, {**fixed, **params}, cfg, tune_train, **kwargs)
+        model = _fit(family, {**fixed, **params}, cfg, windows, plan.tuning_cutoffs, **kwargs)
         for callback in kwargs.get("callbacks", []):
             callback.check_pruned()
         pred = model.predict(val)
@@ -163,13 +164,12 @@ def train_family(family: str, cfg: DictConfig, windows: Windows, storage, digest
     mlflow.log_params({f"best.{k}": v for k, v in best.items()})
 
     # Validation metrics of the chosen params (the figures model choice uses).
-    model = _fit(family, params, cfg, tune_train)
+    model = _fit(family, params, cfg, windows, plan.tuning_cutoffs)
     val_metrics = M.regression_metrics(y_val, model.predict(val), "val")
 
     # Test: fit on every window that ends by the test cutoff; calibrate on held-out
     # customers at the validation cutoff; score the test window.
-    test_train = windows.rows(plan.test_fit_cutoffs, calibration=False)
-    model = _fit(family, params, cfg, test_train)
+    model = _fit(family, params, cfg, windows, plan.test_fit_cutoffs)
     cal = windows.at(plan.validation, calibration=True)
     intervals = ConformalIntervals(
         levels=tuple(cfg.intervals.levels), n_bins=int(cfg.intervals.n_bins)
@@ -274,8 +274,7 @@ def build_final_pipeline(
 ) -> CLVPipeline:
     """Refit the winner on every window up to the observation end (the registered model)."""
     plan = windows.plan
-    train = windows.rows(plan.final_cutoffs, calibration=False)
-    model = _fit(family, params, cfg, train)
+    model = _fit(family, params, cfg, windows, plan.final_cutoffs)
     cal = windows.at(plan.test, calibration=True)
     intervals = ConformalIntervals(
         levels=tuple(cfg.intervals.levels), n_bins=int(cfg.intervals.n_bins)

@@ -224,3 +224,4 @@ def finalize_prediction(values: np.ndarray, n_rows: int, family: str) -> np.ndar
     if bad.any():
         raise RuntimeError(f"{family}: {int(bad.sum())} non-finite predictions")
     return np.clip(out, 0.0, None)
+

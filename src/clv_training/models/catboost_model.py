@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from catboost import CatBoostRegressor
+from catboost import CatBoostRegressor, Pool
 
 from clv_training.models.base import (
     CLVModel,
@@ -49,6 +49,11 @@ class CatBoostModel(CLVModel):
         CatBoostRegressor parameters (``loss_function`` default
         ``Tweedie:variance_power=1.5``, ``iterations``, ``thread_count``,
         ``learning_rate``, ``depth``, ``l2_leaf_reg``, ``min_data_in_leaf``, ...).
+        ``baseline_feature`` (not a CatBoost parameter) names a feature column holding a
+        prior prediction of the horizon spend, e.g. ``btyd_clv``: with a log-link loss
+        the trees then learn a multiplicative correction of that prior (boosting from a
+        BG/NBD + Gamma-Gamma start), so they inherit its extrapolation to older
+        customers than the training cutoffs had.
     """
 
     name = "catboost"
@@ -56,6 +61,8 @@ class CatBoostModel(CLVModel):
     def __init__(self, horizon_days: int, seed: int = 0, params: dict[str, Any] | None = None):
         super().__init__(horizon_days, seed)
         self.params = dict(params or {})
+        self.baseline_feature: str | None = self.params.pop("baseline_feature", None)
+        self.baseline_fill_: float = 1.0
         fixed = sorted(set(self.params) & set(_FIXED))
         if fixed:
             raise ValueError(f"catboost: parameters {fixed} are set by the model, not the config")
@@ -100,13 +107,24 @@ class CatBoostModel(CLVModel):
         """
         y_arr = self._target(X, y)
         features = feature_matrix(X)
+        if self.baseline_feature is not None:
+            if self._prediction_type != "Exponent":
+                raise ValueError("catboost: baseline_feature needs a log-link loss")
+            if self.baseline_feature not in X.columns:
+                raise ValueError(
+                    f"catboost: baseline_feature {self.baseline_feature!r} is not a column; "
+                    "for btyd_clv set features.btyd_features=true"
+                )
+            self.baseline_fill_ = float(max(np.mean(y_arr), 1e-3))
+        train: Any = Pool(features, y_arr, baseline=self._baseline(X))
         fit_kwargs: dict[str, Any] = {}
         if eval_set is not None:
             X_val, y_val = eval_set
             y_val_arr = self._target(X_val, y_val)
-            fit_kwargs["eval_set"] = (
+            fit_kwargs["eval_set"] = Pool(
                 select_features(X_val, list(features.columns), self.name),
                 y_val_arr,
+                baseline=self._baseline(X_val),
             )
             fit_kwargs["use_best_model"] = bool(self.params.get("use_best_model", False))
         if callbacks:
@@ -115,7 +133,7 @@ class CatBoostModel(CLVModel):
         self.estimator_ = CatBoostRegressor(
             **params, random_seed=self.seed, allow_writing_files=False, verbose=False
         )
-        self.estimator_.fit(features, y_arr, **fit_kwargs)
+        self.estimator_.fit(train, **fit_kwargs)
         self.feature_names_ = list(features.columns)
         logger.info(
             "catboost: fitted %d trees (%s) on %d rows x %d features",
@@ -143,8 +161,20 @@ class CatBoostModel(CLVModel):
         if self.estimator_ is None:
             raise RuntimeError("catboost: call fit before predict")
         features = select_features(X, self.feature_names_, self.name)
-        raw = self.estimator_.predict(features, prediction_type=self._prediction_type)
+        if self.baseline_feature is not None:
+            raw = self.estimator_.predict(features, prediction_type="RawFormulaVal")
+            raw = np.exp(np.clip(raw + self._baseline(X), -50.0, 50.0))
+        else:
+            raw = self.estimator_.predict(features, prediction_type=self._prediction_type)
         return finalize_prediction(raw, len(X), self.name)
+
+    def _baseline(self, X: pd.DataFrame) -> np.ndarray | None:
+        """Log of the prior prediction (missing priors take the training mean)."""
+        if self.baseline_feature is None:
+            return None
+        prior = pd.to_numeric(X[self.baseline_feature], errors="coerce").to_numpy(float)
+        prior = np.where(np.isfinite(prior), prior, self.baseline_fill_)
+        return np.log(np.clip(prior, 1e-3, None))
 
     def feature_importance(self) -> pd.Series | None:
         """CatBoost's PredictionValuesChange importance per feature, descending."""
