@@ -33,6 +33,9 @@ def test_goal_check_signs_and_markdown():
     # Lower is better: best peer is lifetimes (0.5), champion 0.5 worse.
     assert goal["test_rmse"]["best_peer"] == "lifetimes"
     assert goal["test_rmse"]["beats"] is False
+    # A btyd champion is compared with the other BTYD peer only, never with itself.
+    assert run.goal_check(table, "btyd")["test_gini"]["best_peer"] == "lifetimes"
+    assert set(run.goals(table, "btyd")) == {"champion", "catboost"}
     assert abs(run.slope([10, 100, 1000], [2.0, 20.0, 200.0]) - 1.0) < 1e-9
     assert run.slope([10], [1.0]) is None
     text = run.render_markdown({

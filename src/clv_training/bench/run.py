@@ -179,13 +179,18 @@ def _conformal(cfg, cal_pred, cal_y, pred):
             {lv: hi for lv, (_, hi) in bounds.items()})
 
 
-def goal_check(table: dict[str, dict[str, float]], champion: str) -> dict[str, Any]:
-    """Champion vs the best BTYD peer on each goal metric, with the margin."""
+def goal_check(table: dict[str, dict[str, float]], model: str) -> dict[str, Any]:
+    """``model`` vs the best BTYD peer other than itself on each goal metric.
+
+    When the champion is our btyd family, the only other BTYD peer is lifetimes (the same
+    model fitted by another library), so the margins are about 0 by construction.
+    """
     out = {}
     for metric, greater in GOAL_METRICS.items():
         peers_ok = {p: table[p][metric] for p in BTYD_PEERS
-                    if p in table and np.isfinite(table[p][metric])}
-        mine = table[champion][metric]
+                    if p in table and p != model and table[p][metric] is not None
+                    and np.isfinite(table[p][metric])}
+        mine = table[model][metric]
         if not peers_ok:
             out[metric] = {"champion": mine, "best_peer": None, "peer_value": None,
                            "margin": None, "beats": None}
@@ -196,6 +201,15 @@ def goal_check(table: dict[str, dict[str, float]], champion: str) -> dict[str, A
         out[metric] = {"champion": mine, "best_peer": best, "peer_value": peers_ok[best],
                        "margin": float(margin), "beats": beats}
     return out
+
+
+def goals(table: dict[str, dict[str, float]], champion: str) -> dict[str, Any]:
+    """The champion's goal check, plus each ML family's (for when BG/NBD wins)."""
+    found = {"champion": goal_check(table, champion)}
+    for family in ("sklearn", "catboost"):
+        if family in table and family != champion:
+            found[family] = goal_check(table, family)
+    return found
 
 
 def bench_quality(size: dict[str, Any], tmp: Path) -> dict[str, Any]:
@@ -298,13 +312,13 @@ def bench_quality(size: dict[str, Any], tmp: Path) -> dict[str, Any]:
         "selection": f"val_{cfg.selection.metric}",
         "job_seconds": job_seconds,
         "temporal": temporal,
-        "temporal_goal": goal_check(temporal, winner),
+        "temporal_goal": goals(temporal, winner),
         "customer_split": {
             "cutoff": str(plan.test.date()), "n_train": int(len(train_rows)),
             "n_fit": int(len(fit_part)), "n_calibration": int(len(cal_part)),
             "n_test": int(len(held)), "table": split_table,
         },
-        "customer_split_goal": goal_check(split_table, winner),
+        "customer_split_goal": goals(split_table, winner),
         "fitted_btyd": {"pymc_marketing": btyd_diag, **fitted_params},
         "_store": str(store),
         "_transactions": tx,
@@ -667,10 +681,13 @@ def _quality_md(name: str, table: dict, goal: dict, champion: str) -> list[str]:
             label = f"**champion: {label}**"
         rows.append([label] + [table[family][m] for m in METRICS])
     lines = [f"#### {name}", ""] + _table(["model"] + [m[5:] for m in METRICS], rows) + [""]
-    goal_rows = [[m, g["champion"], g["best_peer"], g["peer_value"], g["margin"], g["beats"]]
-                 for m, g in goal.items()]
-    lines += _table(["goal metric", "champion", "best BTYD peer", "peer value",
-                     "champion - peer", "champion better"], goal_rows) + [""]
+    for who, check in goal.items():
+        label = f"champion ({champion})" if who == "champion" else who
+        goal_rows = [[m, g["champion"], g["best_peer"], g["peer_value"], g["margin"],
+                      g["beats"]] for m, g in check.items()]
+        lines += [f"Goal check, {label} vs the best other BTYD peer:", ""]
+        lines += _table(["goal metric", label, "best BTYD peer", "peer value",
+                         f"{who} - peer", f"{who} better"], goal_rows) + [""]
     return lines
 
 
@@ -705,6 +722,11 @@ def render_markdown(results: dict[str, Any]) -> str:
             "not held out for calibration), time in weeks; coverage comes from the same "
             "conformal intervals every family gets (calibrated on held-out customers at the "
             "validation cutoff).", "",
+        ]
+        lines += [
+            "Goal: the champion beats the best BTYD peer on test_gini, test_spearman, "
+            "test_decile_mape and test_rmse in both protocols; the goal tables give the "
+            "margin either way. Nothing here is tuned on the test window.", "",
         ]
         lines += _quality_md("Temporal protocol (test window)", q["temporal"],
                              q["temporal_goal"], q["champion"])
@@ -825,6 +847,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.render_only:
         out_dir = Path(args.out_dir)
         found = json.loads((out_dir / f"results{suffix}.json").read_text())
+        q = found.get("quality")
+        if q:  # goal checks are derived from the tables: recompute with the current rule
+            q["temporal_goal"] = goals(q["temporal"], q["champion"])
+            q["customer_split_goal"] = goals(q["customer_split"]["table"], q["champion"])
+            _write_json(found, out_dir, suffix)
         (out_dir / f"RESULTS{suffix}.md").write_text(render_markdown(found))
         return found
     logging.basicConfig(level=logging.INFO,
@@ -876,10 +903,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def _write(results: dict[str, Any], out_dir: Path, suffix: str) -> None:
+def _write_json(results: dict[str, Any], out_dir: Path, suffix: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"results{suffix}.json").write_text(
         json.dumps(_finite(results), indent=2, default=_json_default) + "\n")
+
+
+def _write(results: dict[str, Any], out_dir: Path, suffix: str) -> None:
+    _write_json(results, out_dir, suffix)
     (out_dir / f"RESULTS{suffix}.md").write_text(render_markdown(results))
 
 
