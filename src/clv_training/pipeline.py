@@ -145,7 +145,10 @@ class CLVPipeline:
             occasion_policy=self.data_policy.get("occasion_policy", "positive_net"),
         )
         prepared = prepare_transactions(
-            frame[[CUSTOMER_ID, TIMESTAMP, AMOUNT, SOURCE_ROW]], policy, observation_end=as_of
+            frame[[CUSTOMER_ID, TIMESTAMP, AMOUNT, SOURCE_ROW]],
+            policy,
+            observation_end=as_of,
+            min_customers=0,
         )
         cutoff = prepared.observation_end
         features = build_features(prepared.transactions, cutoff, self.features_config())

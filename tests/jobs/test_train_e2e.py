@@ -222,3 +222,23 @@ def test_empty_and_broken_bodies_get_4xx_and_server_keeps_serving(server):
     assert 400 <= _post(f"{server}/invocations", b"{not json")[0] < 500
     status, _ = _post(f"{server}/invocations", _serving_example())
     assert status == 200
+
+
+def test_one_customer_and_customers_without_an_occasion(trained):
+    model = mlflow.pyfunc.load_model("models:/clv@champion")
+    one = pd.DataFrame({"customer_id": ["00042"], "timestamp": pd.to_datetime(["1998-01-05"]),
+                        "amount": [25.0]})
+    out = model.predict(one)
+    assert out["customer_id"].tolist() == ["00042"] and out["status"].tolist() == ["scored"]
+    assert out["as_of"].tolist() == ["1998-01-05"]
+
+    mixed = pd.DataFrame({
+        "customer_id": ["a", "a", "b", "c"],
+        "timestamp": pd.to_datetime(["1998-01-05", "1998-02-01", "1998-01-10", "1998-05-01"]),
+        "amount": [20.0, 5.0, 0.0, 9.0],
+    })
+    out = model.predict(mixed, params={"as_of": "1998-03-01"}).set_index("customer_id")
+    assert out.loc["a", "status"] == "scored"
+    assert out.loc["b", "status"] == "no_occasion:nonpositive_net_day"
+    assert out.loc["c", "status"] == "no_occasion:after_observation_end"
+    assert np.isnan(out.loc["b", "clv"])

@@ -836,6 +836,8 @@ def prepare_transactions(
     raw: pd.DataFrame,
     cfg: DataConfig,
     observation_end: str | pd.Timestamp | None = None,
+    *,
+    min_customers: int = 2,
 ) -> PreparedData:
     """Validate raw rows and split them into rows used and rows set aside.
 
@@ -859,6 +861,9 @@ def prepare_transactions(
     observation_end : str or pandas.Timestamp, optional
         Overrides ``cfg.observation_end``. Default: the last day of the rows that have a
         customer id (never the wall clock).
+    min_customers : int
+        Fewest customers that must be left: 2 for training (a model of one customer is
+        no model); scoring passes 0, since one customer is a legitimate request.
 
     Returns
     -------
@@ -888,7 +893,7 @@ def prepare_transactions(
     if problems:
         if CUSTOMER_ID in frame.columns and len(frame):
             ids = frame[CUSTOMER_ID]
-            if ids.nunique(dropna=True) < 2:
+            if ids.nunique(dropna=True) < min(min_customers, 2):
                 problems.append(_too_few_customers(ids, ctx, "in the input"))
         raise DataContractError(problems, ctx.source)
 
@@ -941,7 +946,7 @@ def prepare_transactions(
         set_aside(_nonpositive_days(customer, day, amount, open_rows), "nonpositive_net_day")
 
     customers_used = np.unique(customer[open_rows]).size
-    if customers_used < 2:
+    if customers_used < min_customers:
         raise DataContractError(
             [_too_few_customers(frame.loc[open_rows, CUSTOMER_ID], ctx,
                                 "left after setting rows aside")],
