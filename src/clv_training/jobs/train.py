@@ -390,6 +390,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             at_end = build_features(tx, plan.observation_end, feat_cfg)
             pipeline.btyd_features = btyd_hook.fit_at(at_end, plan.observation_end)
         pipeline.metadata.update({"run_id": parent.info.run_id, "data_digest": digest})
+        mlflow.log_dict(pipeline.segments.thresholds(), "model_card/segment_thresholds.json")
+        mlflow.log_dict(pipeline.intervals.describe(), "model_card/intervals.json")
+        mlflow.log_params({f"segment.{k}": v for k, v in pipeline.segments.thresholds().items()})
         example = input_example(tx)
         version = None
         decision = None
