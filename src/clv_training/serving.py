@@ -21,7 +21,7 @@ from mlflow.models import infer_signature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from clv_training.data import AMOUNT, CUSTOMER_ID, TIMESTAMP
-from clv_training.data.contract import DataContractError
+from clv_training.data.contract import DataContractError, Problem
 from clv_training.pipeline import CLVPipeline
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,14 @@ def _as_frame(model_input: Any) -> pd.DataFrame:
         try:
             frame = pd.DataFrame(model_input)
         except (TypeError, ValueError) as error:
-            raise DataContractError(f"input is not a table of transactions: {error}") from error
+            raise _request_error(
+                None, f"input is not a table of transactions: {error}",
+                "send a table with columns customer_id, timestamp, amount",
+            ) from error
     if frame.empty:
-        raise DataContractError(
-            "input has no rows: send transactions with columns customer_id, timestamp, amount"
+        raise _request_error(
+            None, "input has no rows",
+            "send transactions with columns customer_id, timestamp, amount",
         )
     return frame
 
@@ -82,10 +86,17 @@ def reject_negative_amounts(frame: pd.DataFrame) -> None:
         f"row {i} (customer_id={row.get(CUSTOMER_ID)!s}, amount={row[AMOUNT]})"
         for i, row in bad.head(_MAX_ROWS_SHOWN).iterrows()
     )
-    raise DataContractError(
-        f"column 'amount': {len(bad)} negative value(s), e.g. {shown}. Send purchases only, "
-        "or pass params {\"allow_returns\": true} to net returns into their day"
+    raise _request_error(
+        AMOUNT,
+        f"column 'amount': {len(bad)} negative value(s), e.g. {shown}",
+        "send purchases only, or pass params {\"allow_returns\": true} to net returns into "
+        "their day",
     )
+
+
+def _request_error(column: str | None, what: str, fix: str) -> DataContractError:
+    """A one-problem contract error (its message needs Problem objects, not a string)."""
+    return DataContractError([Problem(column, what, fix)])
 
 
 def input_example(transactions: pd.DataFrame, n_customers: int = 5) -> pd.DataFrame:

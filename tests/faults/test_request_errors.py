@@ -1,0 +1,33 @@
+"""The pyfunc's request checks raise the contract error the server maps to a 400.
+
+Before the fix, ``DataContractError`` was given a plain string: building its message
+iterated the characters and raised AttributeError, a 500 for every negative amount or
+empty request.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from clv_training.data.contract import DataContractError
+from clv_training.serving import _as_frame, reject_negative_amounts
+
+
+def test_negative_amounts_are_a_contract_error_naming_rows_and_the_param():
+    frame = pd.DataFrame({"customer_id": ["a", "b", "c"],
+                          "timestamp": ["2020-01-01"] * 3, "amount": [5.0, -1.0, -2.5]})
+    with pytest.raises(DataContractError) as error:
+        reject_negative_amounts(frame)
+    text = str(error.value)
+    assert "2 negative value(s)" in text
+    assert "customer_id=b" in text and "customer_id=c" in text
+    assert "allow_returns" in text
+    assert [p.column for p in error.value.problems] == ["amount"]
+
+
+@pytest.mark.parametrize("value, words", [(pd.DataFrame(), "no rows"),
+                                          (5, "not a table")])
+def test_empty_or_non_table_input_is_a_contract_error(value, words):
+    with pytest.raises(DataContractError, match=words):
+        _as_frame(value)
