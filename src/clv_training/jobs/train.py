@@ -442,6 +442,10 @@ def _run_family(family, cfg, windows, storage, digest) -> FamilyResult:
 
 def _register(cfg, pipeline, example, won: FamilyResult, tags, run_id):
     """Log the pyfunc, prove that it loads, then register and consider promotion."""
+    # Limitation: the registry assigns the version number only after the model is logged,
+    # and a logged model is immutable, so predictions carry the training run id as their
+    # model_version; the registered version's `run_id` tag links the two.
+    pipeline = pipeline.with_version(f"run-{run_id}")
     info = log_pipeline(pipeline, example)
     load_and_check(info.model_uri, example)
     metric, greater = _selection(cfg)
