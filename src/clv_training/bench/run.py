@@ -624,7 +624,7 @@ def bench_serving(store: Path, tx: pd.DataFrame, customers: list[int], single_re
             times_a = np.asarray(times)
             out["requests"][str(n)] = {
                 "customers": int(len(ids)), "requests": repeats, "status": "ok",
-                "rows_per_request": None if n == 1 else int(
+                "rows_per_request": None if n <= 2 else int(
                     tx["customer_id"].isin(set(ids)).sum()),
                 "customers_per_second": float(len(ids) / times_a.mean()),
                 "p50_ms": float(np.percentile(times_a, 50) * 1000),
@@ -705,6 +705,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- total bench time: {_fmt(results.get('total_seconds'))} s", "",
         "Every number below comes from this run; sections that did not run say so.", "",
     ]
+    lines += [f"- note: {n}" for n in results.get("notes", [])] + [""]
     errors = results.get("errors", {})
     q = results.get("quality")
     lines += ["## Quality (CDNOW)", ""]
@@ -791,6 +792,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                         rows) + [""]
         lines += [f"Growth exponent (log-log slope) of time: {_fmt(e2e['time_exponent'])}, of "
                   f"memory: {_fmt(e2e['memory_exponent'])}.", ""]
+        if e2e.get("provenance"):
+            lines += [f"Provenance: {e2e['provenance']}.", ""]
         big = e2e["sizes"].get("10000000")
         if big is not None:
             met = (big["status"] == "ok" and big["wall_seconds"] < 600
@@ -816,6 +819,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                  r.get("mean_ms")] for n, r in sv["requests"].items()]
         lines += _table(["customers/request", "status", "requests", "rows/request",
                          "customers/s", "p50 ms", "p99 ms", "mean ms"], rows) + [""]
+        if sv.get("provenance"):
+            lines += [f"Provenance: {sv['provenance']}.", ""]
         for n, r in sv["requests"].items():
             if r["status"] != "ok":
                 lines += [f"Requests of {n} customer(s) were refused ({r['status']}):", "",
