@@ -30,28 +30,6 @@ def mlflow_store(tmp_path, monkeypatch):
 
 def compose_train(overrides: list[str], store: Path):
     """Compose conf/train.yaml as the job would, pointed at a temporary store."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from clv_training.config import compose_train as compose
 
-    from clv_training.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"paths.root={ROOT}",
-                f"paths.mlruns={store}",
-                f"paths.output_dir={store}/outputs",
-                "mlflow.experiment=test",
-                "tuning.show_progress_bar=false",
-                *overrides,
-            ],
-            return_hydra_config=True,
-        )
-        HydraConfig.instance().set_config(cfg)
-        # The job itself never sees the hydra node; drop it as Hydra does.
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
+    return compose(overrides, root=ROOT, store=store, experiment="test")

@@ -218,3 +218,31 @@ def to_dataclass(schema: type, node: Any) -> Any:
         node = OmegaConf.to_container(node, resolve=True)
     merged = OmegaConf.merge(OmegaConf.structured(schema), node)
     return OmegaConf.to_object(merged)
+
+
+def compose_train(
+    overrides: list[str], *, root: str | Any, store: str | Any, experiment: str = "clv"
+) -> Any:
+    """Compose ``conf/train.yaml`` in code (tests, benchmarks), pointed at ``store``.
+
+    The paths that a Hydra launch would fill in (root, output folder) are given
+    explicitly, so the result resolves without a running Hydra app.
+    """
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    conf_dir = Path(root) / "conf"
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"paths.root={root}",
+                f"paths.mlruns={store}",
+                f"paths.output_dir={Path(store) / 'outputs'}",
+                f"mlflow.experiment={experiment}",
+                "tuning.show_progress_bar=false",
+                *overrides,
+            ],
+        )

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from clv_training.models.base import FEATURE_COLUMNS
+
 CDNOW_CALIBRATION_END = pd.Timestamp("1997-09-30")
 
 
@@ -105,28 +107,7 @@ def bgnbd_simulator():
     return simulate_bgnbd
 
 
-FEATURE_NAMES = [
-    "frequency",
-    "recency",
-    "T",
-    "monetary_value",
-    "avg_occasion_value",
-    "total_spend",
-    "n_occasions",
-    "days_since_last",
-    "spend_last_30",
-    "spend_last_90",
-    "spend_last_180",
-    "occasions_last_30",
-    "occasions_last_90",
-    "occasions_last_180",
-    "ipt_mean",
-    "ipt_std",
-    "max_occasion_value",
-    "recent_spend_rate",
-    "earlier_spend_rate",
-    "spend_trend",
-]
+FEATURE_NAMES = list(FEATURE_COLUMNS)
 
 
 def synthetic_examples(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:

@@ -47,12 +47,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clv_training import config
 from clv_training.bench import generator, peers
 
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[3]
-CONF = ROOT / "conf"
 BIN = Path(sys.executable).parent
 METRICS = (
     "test_rmse", "test_mae", "test_spearman", "test_gini", "test_decile_mape",
@@ -130,33 +130,7 @@ def machine_info() -> dict[str, Any]:
 
 def compose_train(overrides: list[str], store: Path):
     """Compose conf/train.yaml in code, pointed at a temporary store."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-
-    from omegaconf import open_dict
-
-    from clv_training.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"paths.root={ROOT}",
-                f"paths.mlruns={store}",
-                f"paths.output_dir={store}/outputs",
-                "mlflow.experiment=bench",
-                "tuning.show_progress_bar=false",
-                *overrides,
-            ],
-            return_hydra_config=True,
-        )
-        HydraConfig.instance().set_config(cfg)
-    # The job reads no hydra.* key once paths are set; the sweep keys cannot resolve
-    # outside a Hydra launch, and the job logs the whole resolved config.
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return config.compose_train(overrides, root=ROOT, store=store, experiment="bench")
 
 
 def _scores(y: np.ndarray, pred: np.ndarray, lower=None, upper=None) -> dict[str, float]:

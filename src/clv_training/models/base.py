@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clv_training.config import FeaturesConfig
+from clv_training.features.build import feature_columns
+
 logger = logging.getLogger(__name__)
 
 #: Columns of ``X`` that are never model inputs.
@@ -24,28 +27,7 @@ TARGET_PREFIX = "target_"
 
 #: The features built at a cutoff, in the order the models see them. Any further numeric
 #: column (for example BG/NBD features) follows, sorted by name.
-FEATURE_COLUMNS = (
-    "frequency",
-    "recency",
-    "T",
-    "monetary_value",
-    "avg_occasion_value",
-    "total_spend",
-    "n_occasions",
-    "days_since_last",
-    "spend_last_30",
-    "spend_last_90",
-    "spend_last_180",
-    "occasions_last_30",
-    "occasions_last_90",
-    "occasions_last_180",
-    "ipt_mean",
-    "ipt_std",
-    "max_occasion_value",
-    "recent_spend_rate",
-    "earlier_spend_rate",
-    "spend_trend",
-)
+FEATURE_COLUMNS = tuple(feature_columns(FeaturesConfig()))
 
 
 class ModelFitError(RuntimeError):
