@@ -323,9 +323,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         [str(c.date()) for c in plan.train], plan.validation.date(), plan.test.date(),
         plan.observation_end.date(), cfg.horizon_days,
     )
-    btyd_hook = (
-        BTYDFeatures(int(cfg.horizon_days), int(cfg.seed)) if feat_cfg.btyd_features else None
-    )
+    btyd_hook = None
+    if feat_cfg.btyd_features:
+        btyd_hook = BTYDFeatures(
+            int(cfg.horizon_days),
+            int(cfg.seed),
+            max_fit_customers=cfg.models.btyd.params.get("max_fit_customers"),
+        )
     examples = make_examples(
         tx, plan.final_cutoffs, int(cfg.horizon_days), feat_cfg, extra=btyd_hook
     )
