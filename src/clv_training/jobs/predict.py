@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from clv_training import tracking
 from clv_training.config import DataConfig, to_dataclass
 from clv_training.data import AMOUNT, CUSTOMER_ID, TIMESTAMP
+from clv_training.data.contract import validate_transactions_frame
 from clv_training.data.load import read_raw
 from clv_training.jobs.train import CONF_DIR
 
@@ -31,7 +32,18 @@ def score_file(cfg: DictConfig) -> pd.DataFrame:
     root = Path(cfg.paths.root)
     data_cfg = to_dataclass(DataConfig, cfg.data)
     raw = read_raw(data_cfg, root=root)
-    frame = raw[[c for c in (CUSTOMER_ID, TIMESTAMP, AMOUNT) if c in raw.columns]]
+    # A CSV arrives as text: parse it with the configured date format and column names
+    # (one error listing every problem), so the model's typed signature accepts it.
+    typed = validate_transactions_frame(
+        raw, timezone=data_cfg.timezone, date_format=data_cfg.date_format,
+        columns=data_cfg.columns,
+    )
+    has_id = typed[CUSTOMER_ID].notna()
+    if not has_id.all():
+        # Limitation: rows without a customer id cannot be scored; they are counted in
+        # the log, not written anywhere (training saves them as data/set_aside.csv).
+        log.warning("%d rows have no customer id and are not scored", int((~has_id).sum()))
+    frame = typed.loc[has_id, [CUSTOMER_ID, TIMESTAMP, AMOUNT]].reset_index(drop=True)
     tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.artifact_root, cfg.mlflow.experiment)
     model = mlflow.pyfunc.load_model(cfg.model_uri)
     params = {"as_of": str(cfg.as_of or ""), "allow_returns": bool(cfg.allow_returns)}
