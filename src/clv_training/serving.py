@@ -100,8 +100,16 @@ def _request_error(column: str | None, what: str, fix: str) -> DataContractError
 
 
 def input_example(transactions: pd.DataFrame, n_customers: int = 5) -> pd.DataFrame:
-    """A few customers' raw rows, typed as the server expects them."""
-    ids = sorted(transactions[CUSTOMER_ID].unique())[:n_customers]
+    """A few customers' raw rows, typed as the server expects them.
+
+    Customers with a return (negative row) are skipped when others exist, so the saved
+    example scores with the default params (``allow_returns`` false) as sent.
+    """
+    returns = transactions.loc[transactions[AMOUNT] < 0, CUSTOMER_ID].unique()
+    candidates = transactions.loc[~transactions[CUSTOMER_ID].isin(returns), CUSTOMER_ID]
+    if candidates.empty:
+        candidates = transactions[CUSTOMER_ID]
+    ids = sorted(candidates.unique())[:n_customers]
     rows = transactions[transactions[CUSTOMER_ID].isin(ids)]
     return pd.DataFrame(
         {

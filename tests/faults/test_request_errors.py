@@ -31,3 +31,19 @@ def test_negative_amounts_are_a_contract_error_naming_rows_and_the_param():
 def test_empty_or_non_table_input_is_a_contract_error(value, words):
     with pytest.raises(DataContractError, match=words):
         _as_frame(value)
+
+
+def test_input_example_skips_customers_with_returns_so_it_scores_with_default_params():
+    from clv_training.serving import input_example
+
+    tx = pd.DataFrame({
+        "customer_id": ["a", "a", "b", "c", "c"],
+        "timestamp": pd.to_datetime(["2020-01-01", "2020-01-01", "2020-01-02",
+                                     "2020-01-03", "2020-02-03"]),
+        "amount": [10.0, -2.0, 5.0, 7.0, 8.0],
+    })
+    example = input_example(tx, n_customers=5)
+    assert sorted(example["customer_id"].unique()) == ["b", "c"]
+    reject_negative_amounts(example)  # does not raise
+    only_returns = input_example(tx[tx["customer_id"] == "a"])
+    assert len(only_returns) == 2  # nothing else to show: the rows as they are
