@@ -51,8 +51,11 @@ test: $(STAMP) ## Run the default test suite (slow tests excluded)
 test-slow: $(STAMP) ## Run only the slow tests
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-ui: $(STAMP) ## Open the MLflow UI on the project store (127.0.0.1:UI_PORT)
-	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --host $(HOST) --port $(UI_PORT)
+ui: $(STAMP) ## MLflow UI on the project store at 127.0.0.1:UI_PORT (default 5000); Ctrl+C stops it
+	# One worker and no background job runner: this UI only browses runs and the registry,
+	# and the job runner's consumer processes outlive a SIGTERM sent to the UI alone.
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) \
+		--host $(HOST) --port $(UI_PORT) --workers 1
 
 serve: $(STAMP) ## Serve the champion with mlflow models serve (127.0.0.1:PORT)
 	$(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local --host $(HOST) --port $(PORT)

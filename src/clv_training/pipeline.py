@@ -152,7 +152,10 @@ class CLVPipeline:
         )
         cutoff = prepared.observation_end
         features = build_features(prepared.transactions, cutoff, self.features_config())
-        scored = self.score_features(features, cutoff)
+        if features.empty:
+            scored = pd.DataFrame({"customer_id": pd.Series([], dtype=object)})
+        else:
+            scored = self.score_features(features, cutoff)
 
         # Customers with no usable occasion still get a row that says why.
         seen = set(scored["customer_id"])
@@ -179,7 +182,7 @@ class CLVPipeline:
             len(prepared.set_aside),
             len(missing),
         )
-        return scored[OUTPUT_COLUMNS].reset_index(drop=True)
+        return scored.reindex(columns=OUTPUT_COLUMNS).reset_index(drop=True)
 
     def with_version(self, version: str) -> CLVPipeline:
         return dataclasses.replace(self, model_version=version)

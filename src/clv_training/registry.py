@@ -91,6 +91,8 @@ def decide(
     comparison = f"{key}: challenger {challenger_value:.4f} vs champion {champion_value:.4f}"
     if better:
         return True, f"challenger beats champion on {comparison}"
+    if challenger_value == champion_value:
+        return False, f"champion stays: a tie on {comparison}"
     return False, f"champion stays: challenger does not beat it on {comparison}"
 
 
@@ -165,6 +167,6 @@ def consider(
     client.set_model_version_tag(name, version, "promotion.decision", reason)
     for key, value in compared.items():
         client.set_model_version_tag(name, version, key, str(value))
-    log.warning("%s version %s stays challenger: %s", name, version, reason)
+    log.warning("%s version %s is challenger, not champion (%s)", name, version, reason)
     previous = None if champion is None else str(champion.version)
     return Decision(str(version), False, reason, previous)

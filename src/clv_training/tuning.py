@@ -162,11 +162,12 @@ def tune(
             catch=(),
         )
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     if not completed:
         raise RuntimeError(f"{family}: no Optuna trial completed in study {name}")
     best = study.best_trial
     log.info(
-        "%s: best %s=%.4f after %d trials %s", family, metric, best.value, len(completed),
-        best.params,
+        "%s: best %s=%.4f of %d completed trials (%d pruned) %s", family, metric, best.value,
+        len(completed), len(pruned), best.params,
     )
     return dict(best.params), float(best.value), study

@@ -242,3 +242,14 @@ def test_one_customer_and_customers_without_an_occasion(trained):
     assert out.loc["b", "status"] == "no_occasion:nonpositive_net_day"
     assert out.loc["c", "status"] == "no_occasion:after_observation_end"
     assert np.isnan(out.loc["b", "clv"])
+
+
+def test_as_of_before_every_transaction_scores_nobody_and_says_why(trained):
+    model = mlflow.pyfunc.load_model("models:/clv@champion")
+    late = pd.DataFrame({"customer_id": ["a", "b"],
+                         "timestamp": pd.to_datetime(["1998-01-05", "1998-02-01"]),
+                         "amount": [20.0, 5.0]})
+    out = model.predict(late, params={"as_of": "1997-06-30"})
+    assert list(out.columns) == OUTPUT_COLUMNS
+    assert out["status"].tolist() == ["no_occasion:after_observation_end"] * 2
+    assert out["clv"].isna().all()

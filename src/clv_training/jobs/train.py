@@ -466,8 +466,10 @@ def _register(cfg, pipeline, example, won: FamilyResult, tags, run_id):
     coverage = won.metrics.get("test_coverage_90", np.nan)
     if abs(coverage - 0.9) > cfg.promotion.coverage_tolerance:
         log.warning(
-            "test_coverage_90=%.3f is outside 0.9 +/- %.2f: the window shifted between "
-            "calibration and test", coverage, cfg.promotion.coverage_tolerance,
+            "test_coverage_90=%.3f is outside 0.9 +/- %.2f: intervals calibrated on the "
+            "validation window %s on the test window (see plots/coverage.png by decile)",
+            coverage, cfg.promotion.coverage_tolerance,
+            "over-cover" if coverage > 0.9 else "under-cover",
         )
     decision = registry.consider(
         cfg.mlflow.model_name,
@@ -485,7 +487,10 @@ def _register(cfg, pipeline, example, won: FamilyResult, tags, run_id):
 def _log_summary(board, winner, metric, version, decision, elapsed) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20,
                            "display.float_format", "{:.4f}".format):
-        log.info("leaderboard (test window unless val_):\n%s", board.to_string())
+        log.info(
+            "leaderboard (test window unless val_; test_churn_auc is the shared churn "
+            "classifier's):\n%s", board.to_string(),
+        )
     log.info("winner: %s (chosen on val_%s)", winner, metric)
     if version is not None:
         state = "champion" if decision.promoted else "challenger"
