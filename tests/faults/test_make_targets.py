@@ -92,11 +92,11 @@ BAD_CSV = {
                          ["timestamp"]),
     "text amounts": ("customer_id,timestamp,amount\na,2021-01-01,ten\nb,2021-01-02,2\n",
                      ["amount"]),
-    "empty file": ("", ["empty"]),
-    "header only": ("customer_id,timestamp,amount\n", ["no rows", "empty"]),
+    "empty file": ("", ["has no data rows"]),
+    "header only": ("customer_id,timestamp,amount\n", ["has no data rows"]),
     "semicolons": ("customer_id;timestamp;amount\na;2021-01-01;1\nb;2021-01-02;2\n",
                    ["customer_id"]),
-    "binary garbage": (b"\x00\xff\xfe\x89PNG\r\n\x1a\n" * 50, ["customer_id", "column"]),
+    "binary garbage": (b"\x00\xff\xfe\x89PNG\r\n\x1a\n" * 50, ["cannot be read as csv text"]),
 }
 
 
@@ -124,7 +124,7 @@ def test_make_predict_bad_csv_clear_error_and_no_output(trained_store, tmp_path,
     assert list(output.parent.iterdir()) == [], "a temporary output file was left behind"
     tail = "\n".join(text.strip().splitlines()[-40:])
     assert any(w.lower() in tail.lower() for w in words), (case, tail)
-    assert "Traceback" not in text or "DataContractError" in text, (case, tail)
+    assert "DataContractError" in tail, (case, tail)
 
 
 @pytest.mark.slow

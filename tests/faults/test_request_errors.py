@@ -47,3 +47,16 @@ def test_input_example_skips_customers_with_returns_so_it_scores_with_default_pa
     reject_negative_amounts(example)  # does not raise
     only_returns = input_example(tx[tx["customer_id"] == "a"])
     assert len(only_returns) == 2  # nothing else to show: the rows as they are
+
+
+def test_a_binary_or_non_utf8_csv_is_one_contract_error(tmp_path):
+    from clv_training.config import DataConfig
+    from clv_training.data.load import read_raw
+
+    path = tmp_path / "orders.csv"
+    path.write_bytes(b"\x00\xff\xfe\x89PNG\r\n\x1a\n" * 50)
+    with pytest.raises(DataContractError) as error:
+        read_raw(DataConfig(name="x", source="file", path=str(path)))
+    text = str(error.value)
+    assert "cannot be read as csv text" in text and str(path) in text
+    assert "data.format" in text

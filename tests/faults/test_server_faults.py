@@ -124,7 +124,7 @@ def test_wrong_content_type_and_unknown_params(server):
 def test_twenty_megabytes_of_valid_rows_are_scored_or_refused_not_a_crash(server):
     url, process = server
     rng = np.random.default_rng(0)
-    n = 400_000
+    n = 620_000
     rows = [[f"c{int(i):06d}", f"2021-{1 + int(m):02d}-{1 + int(d):02d}", float(a)]
             for i, m, d, a in zip(rng.integers(0, 50_000, n), rng.integers(0, 6, n),
                                   rng.integers(0, 28, n), rng.gamma(2.0, 20.0, n).round(2),

@@ -35,7 +35,7 @@ import pandas as pd
 
 from clv_training.config import DataConfig
 from clv_training.data import AMOUNT, CANCELLED, CUSTOMER_ID, SOURCE_ROW, TIMESTAMP
-from clv_training.data.contract import normalise_customer_ids
+from clv_training.data.contract import DataContractError, Problem, normalise_customer_ids
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,15 @@ def _read_text(path: Path, fmt: str, names: list[str] | None) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         # A zero-byte file: no columns at all; the contract reports it as empty.
         return pd.DataFrame(columns=list(names) if names is not None else [])
+    except (UnicodeDecodeError, pd.errors.ParserError) as error:
+        # A binary file, another encoding or broken quoting: one contract error, not a
+        # pandas traceback.
+        raise DataContractError(
+            [Problem(None, f"the input {path} cannot be read as {fmt} text: {error}",
+                     "give a UTF-8 text file with a header line (or data.names), or set "
+                     "data.format=parquet for a Parquet file")],
+            str(path),
+        ) from error
     for warning in caught:
         if issubclass(warning.category, pd.errors.ParserWarning):
             logger.warning(
