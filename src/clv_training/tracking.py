@@ -41,13 +41,19 @@ def setup_mlflow(tracking_uri: str, artifact_root: str, experiment: str) -> str:
     experiment : str
         Experiment name, created on first use with ``artifact_root`` as its location.
     """
+    lock_path = None
     if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = db.with_name(db.name + ".init.lock")
     Path(artifact_root).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    found = mlflow.get_experiment_by_name(experiment)
+    with _store_init_lock(lock_path):
+        # The first access creates or migrates the SQLite tables; two jobs starting on a
+        # fresh store at once raced in alembic and one died with a CommandError.
+        found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
     else:
@@ -60,6 +66,22 @@ def setup_mlflow(tracking_uri: str, artifact_root: str, experiment: str) -> str:
             experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@contextmanager
+def _store_init_lock(path: Path | None) -> Iterator[None]:
+    """Hold an exclusive file lock (POSIX ``flock``) while the store is first opened."""
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def git_commit(root: str | Path) -> str:

@@ -25,9 +25,14 @@ def _clean_env(**extra: str) -> dict[str, str]:
 def _dry_run(target: str, env: dict[str, str] | None = None, *args: str) -> list[str]:
     out = subprocess.run(["make", "-n", "--no-print-directory", target, *args], cwd=ROOT,
                          env=env or _clean_env(), capture_output=True, text=True, check=True)
-    lines = [line for line in out.stdout.splitlines() if "mlflow" in line]
+    text = out.stdout.replace("\\\n", " ")  # recipe lines continued with a backslash
+    lines = [line for line in text.splitlines()
+             if "/mlflow " in line and not line.lstrip().startswith("#")]
     assert len(lines) == 1, out.stdout
-    return shlex.split(lines[0])
+    argv = shlex.split(lines[0])
+    while "=" in argv[0] and not argv[0].startswith("/"):  # VAR=value prefixes
+        argv.pop(0)
+    return argv
 
 
 def _flag(argv: list[str], name: str) -> str:
