@@ -10,7 +10,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK := true
 
 ARGS ?=
-HOST ?= 127.0.0.1
+BIND_HOST ?= 127.0.0.1
 PORT ?= 5001
 UI_PORT ?= 5000
 MODEL ?= models:/clv@champion
@@ -55,10 +55,10 @@ ui: $(STAMP) ## MLflow UI on the project store at 127.0.0.1:UI_PORT (default 500
 	# One worker and no background job runner: this UI only browses runs and the registry,
 	# and the job runner's consumer processes outlive a SIGTERM sent to the UI alone.
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) \
-		--host $(HOST) --port $(UI_PORT) --workers 1
+		--host $(BIND_HOST) --port $(UI_PORT) --workers 1
 
 serve: $(STAMP) ## Serve the champion with mlflow models serve (127.0.0.1:PORT)
-	$(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local --host $(HOST) --port $(PORT)
+	$(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local --host $(BIND_HOST) --port $(PORT)
 
 predict: $(STAMP) ## Score a file: make predict INPUT=tx.csv OUTPUT=out.csv [AS_OF=YYYY-MM-DD]
 	$(BIN)/python -m clv_training.jobs.predict input=$(INPUT) output=$(OUTPUT) \

@@ -404,14 +404,16 @@ def test_short_window_against_inter_occasion_time_warns(tmp_path, caplog):
     # Repeat buyers come back every 30 days; the window is 60 days < 3 x 30.
     lines = ["a,2020-01-01,1", "a,2020-01-31,1", "b,2020-01-31,1", "b,2020-03-01,1"]
     with caplog.at_level(logging.WARNING, logger="clv_training.data.contract"):
-        load(tmp_path, lines)
+        prepared = load(tmp_path, lines)
     assert any("churn estimates are unreliable" in r.getMessage() for r in caplog.records)
+    assert prepared.counts["warning_short_window"] == 1  # reaches the run as a rows.* tag
 
     caplog.clear()
     long_lines = lines + ["c,2020-01-01,1", "c,2020-12-31,1"]
     with caplog.at_level(logging.WARNING, logger="clv_training.data.contract"):
-        load(tmp_path, long_lines)
+        prepared = load(tmp_path, long_lines)
     assert not any("unreliable" in r.getMessage() for r in caplog.records)
+    assert prepared.counts["warning_short_window"] == 0
 
 
 # -- the serving path ----------------------------------------------------------------------------

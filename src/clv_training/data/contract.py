@@ -769,13 +769,14 @@ def _nonpositive_days(
     return bad
 
 
-def _warn_short_window(customer: np.ndarray, day: np.ndarray, end_day: int) -> None:
+def _warn_short_window(customer: np.ndarray, day: np.ndarray, end_day: int) -> int:
     """Warn when the window is short against the repeat buyers' inter-occasion times.
 
     ``customer`` and ``day`` are integer codes of the rows used (day numbers in days).
+    Returns 1 when it warned (the job tags the run with it), else 0.
     """
     if len(customer) == 0:
-        return
+        return 0
     first_day = int(day.min())
     span = int(day.max()) - first_day + 1
     # One occasion per customer-day, sorted by customer then day.
@@ -790,7 +791,7 @@ def _warn_short_window(customer: np.ndarray, day: np.ndarray, end_day: int) -> N
             "and churn estimates cannot be trusted.",
             window,
         )
-        return
+        return 1
     median_gap = float(np.median(gaps))
     if window < SHORT_WINDOW_FACTOR * median_gap:
         logger.warning(
@@ -801,6 +802,8 @@ def _warn_short_window(customer: np.ndarray, day: np.ndarray, end_day: int) -> N
             SHORT_WINDOW_FACTOR,
             median_gap,
         )
+        return 1
+    return 0
 
 
 def _log_summary(counts: Mapping[str, int], end: pd.Timestamp) -> None:
@@ -978,5 +981,5 @@ def prepare_transactions(
 
     end = pd.Timestamp(end).normalize().as_unit("ns")
     _log_summary(counts, end)
-    _warn_short_window(customer[used], day[used], end_day)
+    counts["warning_short_window"] = _warn_short_window(customer[used], day[used], end_day)
     return PreparedData(transactions, set_aside_rows, counts, end)
