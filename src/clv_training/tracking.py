@@ -151,7 +151,9 @@ def log_figure(figure: Any, artifact_path: str) -> None:
 
 
 @contextmanager
-def run(name: str, *, nested: bool = False, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+def run(
+    name: str, *, nested: bool = False, tags: Mapping[str, str] | None = None
+) -> Iterator[Any]:
     """Start an MLflow run that ends FAILED on an error and KILLED on an interrupt.
 
     MLflow's own context manager marks an interrupted run FAILED at best and an
