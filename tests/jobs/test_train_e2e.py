@@ -253,3 +253,37 @@ def test_as_of_before_every_transaction_scores_nobody_and_says_why(trained):
     assert list(out.columns) == OUTPUT_COLUMNS
     assert out["status"].tolist() == ["no_occasion:after_observation_end"] * 2
     assert out["clv"].isna().all()
+
+
+def test_batch_scoring_a_csv_matches_the_pyfunc(trained, tmp_path):
+    """`make predict`'s job on a CSV with its own column names and date format."""
+    from hydra import compose, initialize_config_dir
+
+    from clv_training.jobs.predict import score_file
+    from tests.conftest import CONF, ROOT
+
+    store, cfg, _ = trained
+    model = mlflow.pyfunc.load_model("models:/clv@champion")
+    example = model.input_example
+    source = pd.DataFrame({
+        "Customer": example["customer_id"],
+        "When": pd.to_datetime(example["timestamp"]).dt.strftime("%d/%m/%Y"),
+        "Revenue": example["amount"],
+    })
+    path = tmp_path / "tx.csv"
+    source.to_csv(path, index=False)
+    output = tmp_path / "out" / "scores.csv"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        predict_cfg = compose("predict", overrides=[
+            f"input={path}", f"output={output}", f"paths.root={ROOT}",
+            f"paths.mlruns={store}", "paths.output_dir=unused",
+            "data.columns.customer_id=Customer", "data.columns.timestamp=When",
+            "data.columns.amount=Revenue", "data.date_format=%d/%m/%Y",
+        ])
+    scored = score_file(predict_cfg)
+    written = pd.read_csv(output, dtype={"customer_id": str})
+    expected = model.predict(example)
+    assert written["customer_id"].tolist() == expected["customer_id"].tolist()
+    np.testing.assert_allclose(written["clv"], expected["clv"], rtol=1e-9)
+    assert list(scored.columns) == OUTPUT_COLUMNS
+    assert [p.name for p in output.parent.iterdir()] == ["scores.csv"]  # no temp file left
