@@ -52,3 +52,20 @@ def test_baseline_needs_the_column_and_a_log_link():
     with pytest.raises(ValueError, match="log-link"):
         params = {**PARAMS, "loss_function": "RMSE", "baseline_feature": "btyd_clv"}
         make_model("catboost", params, 91, 0).fit(X, y)
+
+
+def test_correction_weight_moves_from_the_prior_to_the_full_correction():
+    X, y, _ = _data()
+    base = {**PARAMS, "baseline_feature": "btyd_clv"}
+    full = make_model("catboost", base, 91, 0).fit(X, y).predict(X)
+    none = make_model("catboost", {**base, "correction_weight": 0.0}, 91, 0).fit(X, y)
+    np.testing.assert_allclose(none.predict(X), X["btyd_clv"], rtol=1e-9)
+    half = make_model("catboost", {**base, "correction_weight": 0.5}, 91, 0).fit(X, y)
+    # On the log scale, half the correction lies halfway between prior and full model.
+    np.testing.assert_allclose(
+        np.log(half.predict(X)), 0.5 * (np.log(full) + np.log(X["btyd_clv"])), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="needs a baseline_feature"):
+        make_model("catboost", {**PARAMS, "correction_weight": 0.5}, 91, 0)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        make_model("catboost", {**base, "correction_weight": 1.5}, 91, 0)

@@ -53,7 +53,10 @@ class CatBoostModel(CLVModel):
         prior prediction of the horizon spend, e.g. ``btyd_clv``: with a log-link loss
         the trees then learn a multiplicative correction of that prior (boosting from a
         BG/NBD + Gamma-Gamma start), so they inherit its extrapolation to older
-        customers than the training cutoffs had.
+        customers than the training cutoffs had. ``correction_weight`` in [0, 1] shrinks
+        that log-scale correction towards the prior (0: the prior itself, 1: the full
+        correction); tuned on the validation window, it keeps a correction learned on
+        young-customer cutoffs from overshooting on older customers.
     """
 
     name = "catboost"
@@ -63,6 +66,13 @@ class CatBoostModel(CLVModel):
         self.params = dict(params or {})
         self.baseline_feature: str | None = self.params.pop("baseline_feature", None)
         self.baseline_fill_: float = 1.0
+        self.correction_weight = float(self.params.pop("correction_weight", 1.0))
+        if not 0.0 <= self.correction_weight <= 1.0:
+            raise ValueError(
+                f"catboost: correction_weight must be in [0, 1], got {self.correction_weight}"
+            )
+        if self.baseline_feature is None and self.correction_weight != 1.0:
+            raise ValueError("catboost: correction_weight needs a baseline_feature")
         fixed = sorted(set(self.params) & set(_FIXED))
         if fixed:
             raise ValueError(f"catboost: parameters {fixed} are set by the model, not the config")
@@ -163,7 +173,8 @@ class CatBoostModel(CLVModel):
         features = select_features(X, self.feature_names_, self.name)
         if self.baseline_feature is not None:
             raw = self.estimator_.predict(features, prediction_type="RawFormulaVal")
-            raw = np.exp(np.clip(raw + self._baseline(X), -50.0, 50.0))
+            log_mean = self.correction_weight * raw + self._baseline(X)
+            raw = np.exp(np.clip(log_mean, -50.0, 50.0))
         else:
             raw = self.estimator_.predict(features, prediction_type=self._prediction_type)
         return finalize_prediction(raw, len(X), self.name)
