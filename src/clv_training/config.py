@@ -96,6 +96,8 @@ class ModelConfig:
     params: dict[str, Any] = field(default_factory=dict)
     # Search space: {param: {type: int|float|categorical, low, high, log, choices}}.
     search: dict[str, Any] = field(default_factory=dict)
+    # Example rows (a seeded sample) that each fit of this family uses; null: all.
+    max_train_rows: int | None = None
 
 
 @dataclass
@@ -118,6 +120,9 @@ class TuningConfig:
     pruning: bool = True
     timeout_seconds: int | None = None
     show_progress_bar: bool = True
+    # Example rows (a seeded sample) that each Optuna trial fits on; null: all. The
+    # chosen params are then refitted under the family's own max_train_rows.
+    max_train_rows: int | None = 200_000
 
 
 @dataclass
@@ -134,6 +139,8 @@ class ChurnConfig:
     )
     # isotonic | sigmoid | none: calibration on the held-out customers.
     calibration: str = "isotonic"
+    # Example rows (a seeded sample) that the classifier trains on; null: all.
+    max_train_rows: int | None = 500_000
 
 
 @dataclass

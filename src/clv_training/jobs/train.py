@@ -97,11 +97,60 @@ def _selection(cfg: DictConfig) -> tuple[str, bool]:
     return str(cfg.selection.metric), bool(cfg.selection.greater_is_better)
 
 
+def sample_rows(frame: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
+    """A seeded sample of at most ``max_rows`` rows of ``frame``, in their original order.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Example rows (any index).
+    max_rows : int or None
+        Row cap; None, or a frame no longer than the cap, returns ``frame`` unchanged.
+    seed : int
+        Seed of the sample (the same rows and seed give the same sample).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``frame`` itself, or ``max_rows`` of its rows with a fresh 0..n-1 index.
+    """
+    if max_rows is None or len(frame) <= int(max_rows):
+        return frame
+    if int(max_rows) < 1:
+        raise ValueError(f"a row cap must be >= 1, got {max_rows}")
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(len(frame), int(max_rows), replace=False))
+    return frame.iloc[keep].reset_index(drop=True)
+
+
+def _row_cap(*caps: int | None) -> int | None:
+    """The smallest of the caps that are set (None when none is)."""
+    found = [int(c) for c in caps if c is not None]
+    return min(found) if found else None
+
+
 def _fit(
-    family: str, params: dict, cfg: DictConfig, windows: Windows, cutoffs, **fit_kwargs
+    family: str,
+    params: dict,
+    cfg: DictConfig,
+    windows: Windows,
+    cutoffs,
+    *,
+    max_rows: int | None = None,
+    **fit_kwargs,
 ) -> CLVModel:
-    """Fit a family on the rows of ``cutoffs`` that are not held out for calibration."""
+    """Fit a family on the rows of ``cutoffs`` that are not held out for calibration.
+
+    ``max_rows`` (default: ``models.<family>.max_train_rows``) caps the rows with a seeded
+    sample, for logs whose examples run into the millions.
+    """
     train = windows.rows(cutoffs, calibration=False)
+    if max_rows is None:
+        max_rows = cfg.models[family].get("max_train_rows")
+    if max_rows is not None and len(train) > int(max_rows):
+        log.info("%s: fitting on a seeded sample of %d of %d example rows",
+                 family, int(max_rows), len(train))
+        train = sample_rows(train, max_rows, int(cfg.seed))
     model = make_model(family, params, int(cfg.horizon_days), int(cfg.seed))
     return model.fit(train, train[TARGET].to_numpy(float), **fit_kwargs)
 
@@ -123,6 +172,8 @@ def train_family(family: str, cfg: DictConfig, windows: Windows, storage, digest
     val = windows.at(plan.validation)
     y_val = val[TARGET].to_numpy(float)
     mlflow.log_params({f"fixed.{k}": v for k, v in fixed.items()})
+    # Optuna trials may fit on fewer rows than the family's other fits (tuning.max_train_rows).
+    trial_rows = _row_cap(cfg.tuning.get("max_train_rows"), model_cfg.get("max_train_rows"))
 
     def objective(params: dict, trial: optuna.Trial | None) -> float:
         kwargs: dict[str, Any] = {}
@@ -130,11 +181,14 @@ def train_family(family: str, cfg: DictConfig, windows: Windows, storage, digest
             from optuna_integration import CatBoostPruningCallback
 
             probe = make_model(family, {**fixed, **params}, int(cfg.horizon_days), 0)
+            # The pruning curve needs no more validation rows than the trial fits on.
+            probe_val = sample_rows(val, trial_rows, int(cfg.seed))
             kwargs = {
-                "eval_set": (val, y_val),
+                "eval_set": (probe_val, probe_val[TARGET].to_numpy(float)),
                 "callbacks": [CatBoostPruningCallback(trial, probe.eval_metric_name)],
             }
-        model = _fit(family, {**fixed, **params}, cfg, windows, plan.tuning_cutoffs, **kwargs)
+        model = _fit(family, {**fixed, **params}, cfg, windows, plan.tuning_cutoffs,
+                     max_rows=trial_rows, **kwargs)
         for callback in kwargs.get("callbacks", []):
             callback.check_pruned()
         pred = model.predict(val)
@@ -220,6 +274,11 @@ def _family_extras(family: str, model: CLVModel, test: pd.DataFrame) -> dict[str
 
 def fit_churn(cfg: DictConfig, windows: Windows, train_cutoffs, cal_cutoff) -> ChurnModel:
     train = windows.rows(train_cutoffs, calibration=False)
+    max_rows = cfg.churn.get("max_train_rows")
+    if max_rows is not None and len(train) > int(max_rows):
+        log.info("churn: fitting on a seeded sample of %d of %d example rows",
+                 int(max_rows), len(train))
+        train = sample_rows(train, max_rows, int(cfg.seed))
     cal = windows.at(cal_cutoff, calibration=True)
     params = OmegaConf.to_container(cfg.churn.params, resolve=True)
     churn = ChurnModel(params=params, seed=int(cfg.seed))
