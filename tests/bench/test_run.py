@@ -63,3 +63,37 @@ def test_parse_time_v():
     assert found["time_v_wall_seconds"] == 62.5
     assert found["max_rss_gib"] == 2.0
     assert found["user_seconds"] == 3.5
+
+
+def test_one_customer_requests_send_one_customer_each(monkeypatch):
+    import json
+
+    import pandas as pd
+
+    tx = pd.DataFrame({"customer_id": ["a", "a", "b", "c", "c", "c"],
+                       "timestamp": pd.to_datetime(["2020-01-01"] * 6),
+                       "amount": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+    seen = []
+
+    def fake_post(url, body):
+        rows = json.loads(body)["dataframe_split"]["data"]
+        ids = sorted({r[0] for r in rows})
+        seen.append(ids)
+        if ids == ["b"]:
+            raise run.ServingError(400, "refused")
+        return 0.01, len(ids)
+
+    monkeypatch.setattr(run, "_post", fake_post)
+    ids_all = np.array(["a", "b", "c"])
+    found = run._time_requests("u", tx, ids_all, 1, 30, np.random.default_rng(0))
+    assert all(len(ids) == 1 for ids in seen)
+    assert len(seen) == 30  # one post per request, each a fresh customer
+    n_b = sum(ids == ["b"] for ids in seen)
+    assert 0 < n_b < 30
+    assert found["status"] == "ok" and found["customers"] == 1
+    assert found["failed_requests"] == {"400": n_b}
+    assert found["requests"] == 30 - n_b
+    assert 1.0 <= found["rows_per_request"] <= 3.0
+    assert abs(found["p50_ms"] - 10.0) < 1e-9
+    many = run._time_requests("u", tx, ids_all, 2, 30, np.random.default_rng(0))
+    assert many["customers"] == 2
