@@ -65,7 +65,9 @@ def test_correction_weight_moves_from_the_prior_to_the_full_correction():
     np.testing.assert_allclose(
         np.log(half.predict(X)), 0.5 * (np.log(full) + np.log(X["btyd_clv"])), rtol=1e-6
     )
-    with pytest.raises(ValueError, match="needs a baseline_feature"):
-        make_model("catboost", {**PARAMS, "correction_weight": 0.5}, 91, 0)
+    # Without a prior the weight has nothing to shrink towards and is ignored.
+    plain = make_model("catboost", PARAMS, 91, 0).fit(X, y).predict(X)
+    ignored = make_model("catboost", {**PARAMS, "correction_weight": 0.5}, 91, 0).fit(X, y)
+    np.testing.assert_array_equal(ignored.predict(X), plain)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         make_model("catboost", {**base, "correction_weight": 1.5}, 91, 0)

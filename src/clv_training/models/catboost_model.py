@@ -71,8 +71,10 @@ class CatBoostModel(CLVModel):
             raise ValueError(
                 f"catboost: correction_weight must be in [0, 1], got {self.correction_weight}"
             )
-        if self.baseline_feature is None and self.correction_weight != 1.0:
-            raise ValueError("catboost: correction_weight needs a baseline_feature")
+        if self.baseline_feature is None:
+            # Without a prior there is nothing to shrink towards; the search space in
+            # conf/ may still draw the weight, so it is ignored rather than refused.
+            self.correction_weight = 1.0
         fixed = sorted(set(self.params) & set(_FIXED))
         if fixed:
             raise ValueError(f"catboost: parameters {fixed} are set by the model, not the config")
