@@ -173,6 +173,8 @@ def train_family(family: str, cfg: DictConfig, windows: Windows, storage, digest
     y_val = val[TARGET].to_numpy(float)
     mlflow.log_params({f"fixed.{k}": v for k, v in fixed.items()})
     # Optuna trials may fit on fewer rows than the family's other fits (tuning.max_train_rows).
+    # Limitation: the study name does not include the cap, so a resumed study mixes trials
+    # fitted under an earlier cap with new ones.
     trial_rows = _row_cap(cfg.tuning.get("max_train_rows"), model_cfg.get("max_train_rows"))
 
     def objective(params: dict, trial: optuna.Trial | None) -> float:
