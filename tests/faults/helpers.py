@@ -78,6 +78,22 @@ def synthetic_log(n_customers: int = 240, seed: int = 0, *, whales: int = 0,
     return frame
 
 
+def train_on_synthetic_log(folder: Path, seed: int, n_customers: int = 300):
+    """Run the training job on a synthetic CSV in ``folder``; returns (cfg, csv path)."""
+    import mlflow
+
+    from clv_training.jobs.train import run
+    from tests.conftest import compose_train
+
+    path = write_csv(synthetic_log(n_customers, seed=seed), folder / "log.csv")
+    cfg = compose_train(csv_overrides(path), folder / "mlruns")
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.mlflow.tracking_uri
+    run(cfg)
+    while mlflow.active_run():
+        mlflow.end_run()
+    return cfg, path
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
     out = frame.copy()
     if "timestamp" in out and pd.api.types.is_datetime64_any_dtype(out["timestamp"]):

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose_train
-from tests.faults.helpers import ROOT, csv_overrides, synthetic_log, write_csv
+from tests.faults.helpers import ROOT, train_on_synthetic_log
 
 # Variables a shell or platform may export that the Makefile reads with ``?=``.
 _MAKE_VARS = ("HOST", "PORT", "UI_PORT", "MODEL", "TRACKING_URI", "ARGS", "MAKEFLAGS")
@@ -74,19 +73,9 @@ def test_an_exported_host_variable_does_not_change_the_bind_address():
 
 @pytest.fixture(scope="module")
 def trained_store(tmp_path_factory):
-    import mlflow
-
-    from clv_training.jobs.train import run
-
     folder = tmp_path_factory.mktemp("predict")
-    path = write_csv(synthetic_log(300, seed=5), folder / "log.csv")
-    store = folder / "mlruns"
-    cfg = compose_train(csv_overrides(path), store)
-    os.environ["MLFLOW_TRACKING_URI"] = cfg.mlflow.tracking_uri
-    run(cfg)
-    while mlflow.active_run():
-        mlflow.end_run()
-    return store, path
+    _, path = train_on_synthetic_log(folder, seed=5)
+    return folder / "mlruns", path
 
 
 BAD_CSV = {

@@ -9,15 +9,13 @@ p50/p99 latency (``pytest -s``). Slow: training plus a server start take about a
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from tests.conftest import compose_train
-from tests.faults.helpers import csv_overrides, post, start_server, stop, synthetic_log, write_csv
+from tests.faults.helpers import post, start_server, stop, train_on_synthetic_log
 
 pytestmark = pytest.mark.slow
 
@@ -34,18 +32,8 @@ def _split(rows, columns=COLUMNS, **extra):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import mlflow
-
-    from clv_training.jobs.train import run
-
     folder = tmp_path_factory.mktemp("serve")
-    path = write_csv(synthetic_log(300, seed=4), folder / "log.csv")
-    store = folder / "mlruns"
-    cfg = compose_train(csv_overrides(path), store)
-    os.environ["MLFLOW_TRACKING_URI"] = cfg.mlflow.tracking_uri
-    run(cfg)
-    while mlflow.active_run():
-        mlflow.end_run()
+    cfg, _ = train_on_synthetic_log(folder, seed=4)
     process, url = start_server(cfg.mlflow.tracking_uri, folder / "server.log")
     yield url, process
     stop(process)
