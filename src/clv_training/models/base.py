@@ -207,3 +207,10 @@ def finalize_prediction(values: np.ndarray, n_rows: int, family: str) -> np.ndar
         raise RuntimeError(f"{family}: {int(bad.sum())} non-finite predictions")
     return np.clip(out, 0.0, None)
 
+
+def catboost_importance(estimator: Any, names: list[str]) -> pd.Series | None:
+    """A fitted CatBoost model's importance per feature, descending (None if unfitted)."""
+    if estimator is None:
+        return None
+    values = estimator.get_feature_importance()
+    return pd.Series(values, index=names, name="importance").sort_values(ascending=False)

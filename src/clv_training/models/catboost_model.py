@@ -11,6 +11,7 @@ import pandas as pd
 from catboost import CatBoostRegressor, Pool
 
 from clv_training.models.base import (
+    catboost_importance,
     CLVModel,
     ModelFitError,
     check_xy,
@@ -191,12 +192,7 @@ class CatBoostModel(CLVModel):
 
     def feature_importance(self) -> pd.Series | None:
         """CatBoost's PredictionValuesChange importance per feature, descending."""
-        if self.estimator_ is None:
-            return None
-        values = self.estimator_.get_feature_importance()
-        return pd.Series(values, index=self.feature_names_, name="importance").sort_values(
-            ascending=False
-        )
+        return catboost_importance(self.estimator_, self.feature_names_)
 
     def fit_diagnostics(self) -> dict[str, float]:
         """Number of trees and, with an eval set, the last eval metric value."""

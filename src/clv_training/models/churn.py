@@ -11,7 +11,7 @@ from catboost import CatBoostClassifier
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from clv_training.models.base import feature_matrix, select_features
+from clv_training.models.base import catboost_importance, feature_matrix, select_features
 
 logger = logging.getLogger(__name__)
 
@@ -158,9 +158,4 @@ class ChurnModel:
 
     def feature_importance(self) -> pd.Series | None:
         """CatBoost importance per feature, descending (None for a constant model)."""
-        if self.estimator_ is None:
-            return None
-        values = self.estimator_.get_feature_importance()
-        return pd.Series(values, index=self.feature_names_, name="importance").sort_values(
-            ascending=False
-        )
+        return catboost_importance(self.estimator_, self.feature_names_)
