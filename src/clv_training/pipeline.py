@@ -17,7 +17,12 @@ import pandas as pd
 
 from clv_training.config import DataConfig, FeaturesConfig, SegmentsConfig
 from clv_training.data import AMOUNT, CUSTOMER_ID, SOURCE_ROW, TIMESTAMP
-from clv_training.data.contract import prepare_transactions, validate_transactions_frame
+from clv_training.data.contract import (
+    DataContractError,
+    Problem,
+    prepare_transactions,
+    validate_transactions_frame,
+)
 from clv_training.features.btyd import btyd_columns
 from clv_training.features.build import build_features
 from clv_training.intervals import ConformalIntervals
@@ -153,7 +158,7 @@ class CLVPipeline:
         cutoff = prepared.observation_end
         features = build_features(prepared.transactions, cutoff, self.features_config())
         if features.empty:
-            scored = pd.DataFrame({"customer_id": pd.Series([], dtype=object)})
+            scored = pd.DataFrame(columns=OUTPUT_COLUMNS)
         else:
             scored = self.score_features(features, cutoff)
 
@@ -170,6 +175,11 @@ class CLVPipeline:
                 {"customer_id": missing.index.astype(str), "status": "no_occasion:" + missing}
             )
             scored = pd.concat([scored, unscored], ignore_index=True)
+        if scored.empty:
+            raise DataContractError([Problem(
+                CUSTOMER_ID, f"none of the {len(frame)} rows has a customer id",
+                "send a non-empty customer_id on every row",
+            )])
         scored["as_of"] = cutoff.strftime("%Y-%m-%d")
         scored["horizon_days"] = int(self.horizon_days)
         scored["model_version"] = self.model_version

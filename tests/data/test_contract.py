@@ -450,3 +450,15 @@ def test_validate_transactions_frame_names_the_missing_column():
         validate_transactions_frame(pd.DataFrame({CUSTOMER_ID: ["a"], TIMESTAMP: ["2020-01-01"],
                                                   "spend": [1.0]}))
     assert "columns present: 'customer_id', 'timestamp', 'spend'" in str(info.value)
+
+
+def test_amounts_too_large_for_exact_sums_and_out_of_range_days_are_contract_errors():
+    frame = pd.DataFrame({CUSTOMER_ID: ["a", "b"], TIMESTAMP: ["2020-01-01", "2020-01-02"],
+                          AMOUNT: [1e308, 5.0]})
+    with pytest.raises(DataContractError, match="1e\\+15 or more") as info:
+        validate_transactions_frame(frame)
+    assert "customer_id 'a'" in str(info.value)
+    cfg = DataConfig(name="x")
+    typed = validate_transactions_frame(frame.assign(**{AMOUNT: [1.0, 5.0]}))
+    with pytest.raises(DataContractError, match="between 1677 and 2262"):
+        prepare_transactions(typed, cfg, observation_end="9999-01-01")

@@ -287,3 +287,13 @@ def test_batch_scoring_a_csv_matches_the_pyfunc(trained, tmp_path):
     np.testing.assert_allclose(written["clv"], expected["clv"], rtol=1e-9)
     assert list(scored.columns) == OUTPUT_COLUMNS
     assert [p.name for p in output.parent.iterdir()] == ["scores.csv"]  # no temp file left
+
+
+def test_a_request_without_any_customer_id_is_a_contract_error(trained):
+    from mlflow.exceptions import MlflowException
+
+    model = mlflow.pyfunc.load_model("models:/clv@champion")
+    blank = pd.DataFrame({"customer_id": ["  "], "timestamp": pd.to_datetime(["1998-01-05"]),
+                          "amount": [25.0]})
+    with pytest.raises(MlflowException, match="none of the 1 rows has a customer id"):
+        model.predict(blank)

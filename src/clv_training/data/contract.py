@@ -60,6 +60,9 @@ OCCASION_POLICIES = ("positive_net", "any")
 MAX_EXAMPLES = 5
 # Warn when the observation window is shorter than this many median inter-occasion times.
 SHORT_WINDOW_FACTOR = 3.0
+# Larger amounts are refused: exact feature sums hold 38 digits with 8 decimals, so a
+# day's or a customer's total must stay far below 1e30.
+MAX_ABS_AMOUNT = 1e15
 # Texts that stand for a missing id (what str() makes of None, NaN, pd.NA and NaT).
 NULL_ID_TOKENS = frozenset({"", "nan", "none", "null", "<na>", "nat"})
 _TRUE_TOKENS = frozenset({"true", "t", "yes", "y", "1", "1.0"})
@@ -382,7 +385,11 @@ def raw_rows_schema(columns: Sequence[str]) -> pa.DataFrameSchema:
         AMOUNT: pa.Column(
             "float64",
             nullable=False,
-            checks=pa.Check(lambda s: np.isfinite(s), name="finite", ignore_na=True),
+            checks=pa.Check(
+                lambda s: np.isfinite(s) & (np.abs(s) < MAX_ABS_AMOUNT),
+                name="finite",
+                ignore_na=True,
+            ),
         ),
         CANCELLED: pa.Column("boolean", nullable=False),
         SOURCE_ROW: pa.Column("int64", unique=True),
@@ -492,8 +499,9 @@ def _problems_from_failures(
         elif column == AMOUNT and check == "finite":
             add(
                 np.ones(len(pos), dtype=bool),
-                f"{label}: {_count(len(pos), n)} have an infinite amount",
-                "replace the infinite amounts with real values or remove these rows",
+                f"{label}: {_count(len(pos), n)} have an infinite amount or one of "
+                f"{MAX_ABS_AMOUNT:.0e} or more",
+                "replace them with real amounts or remove these rows",
             )
         elif column == CANCELLED and check == "not_nullable":
             add(
@@ -709,11 +717,13 @@ def _parse_observation_end(
         end = pd.Timestamp(value)
         if pd.isna(end):
             raise ValueError("empty")
-    except (ValueError, TypeError) as exc:
+        end = end.as_unit("ns")  # out of 1677..2262 raises here, not later
+    except (ValueError, TypeError, pd.errors.OutOfBoundsDatetime) as exc:
         return None, [
             Problem(None, f"observation end {value!r} is not a date ({exc})",
-                    "set data.observation_end=YYYY-MM-DD (or null for the last "
-                    "transaction day)")
+                    "give a day between 1677 and 2262 as YYYY-MM-DD: data.observation_end "
+                    "when training, the as_of param or AS_OF when scoring (or leave it out "
+                    "for the last transaction day)")
         ]
     if end.tzinfo is not None:
         end = end.tz_localize(None)
