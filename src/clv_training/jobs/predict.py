@@ -60,6 +60,10 @@ def score_file(cfg: DictConfig) -> pd.DataFrame:
             predictions.to_parquet(tmp, index=False)
         else:
             predictions.to_csv(tmp, index=False)
+        # mkstemp makes the file 0600; give it the mode a plain write would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, output)
     finally:
         if os.path.exists(tmp):
