@@ -69,6 +69,11 @@ class FeaturesConfig:
     # duckdb memory limit and spill folder for large logs.
     duckdb_memory_limit: str = "4GB"
     duckdb_temp_directory: str | None = None
+    # Where the feature expressions run: duckdb (embedded) | spark (conf/engine/spark.yaml).
+    engine: str = "duckdb"
+    # Spark only: the master (local[2], or a cluster URL) and extra spark.* settings.
+    spark_master: str = "local[2]"
+    spark_conf: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -83,7 +83,12 @@ class CLVPipeline:
     btyd_features: Any = None
 
     def features_config(self) -> FeaturesConfig:
-        return FeaturesConfig(**self.features_cfg)
+        """The training feature settings, run on embedded DuckDB whatever trained them.
+
+        A model trained with ``engine=spark`` serves without Spark: both engines run the
+        same expressions (``features/expr.py``) and give the same features.
+        """
+        return FeaturesConfig(**{**self.features_cfg, "engine": "duckdb"})
 
     def score_features(self, features: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
         """Score customers from features already built at ``cutoff`` (index customer_id)."""

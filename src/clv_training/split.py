@@ -26,8 +26,9 @@ from clv_training.features.build import (
     ExtraFeatures,
     build_features,
     build_targets,
-    connect_duckdb,
+    select_rows,
 )
+from clv_training.features.engine import open_engine
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +223,10 @@ def make_examples(
     horizon = pd.Timedelta(days=int(horizon_days))
 
     frames = []
-    con = connect_duckdb(cfg)
+    # One engine and one copy of the rows on it for every cutoff.
+    engine = open_engine(cfg)
     try:
+        rows = engine.table(select_rows(transactions))
         for cutoff in days:
             if last_day is not None and cutoff + horizon > _day(last_day, "timestamp"):
                 logger.warning(
@@ -233,8 +236,8 @@ def make_examples(
                     (cutoff + horizon).date(),
                     _day(last_day, "timestamp").date(),
                 )
-            features = build_features(transactions, cutoff, cfg, extra=extra, con=con)
-            targets = build_targets(transactions, cutoff, int(horizon_days), con=con)
+            features = build_features(rows, cutoff, cfg, extra=extra, engine=engine)
+            targets = build_targets(rows, cutoff, int(horizon_days), engine=engine)
             examples = features.join(targets, how="left")
             examples[[TARGET_SPEND, TARGET_OCCASIONS]] = examples[
                 [TARGET_SPEND, TARGET_OCCASIONS]
@@ -250,7 +253,7 @@ def make_examples(
                 int(horizon_days),
             )
     finally:
-        con.close()
+        engine.close()
 
     stacked = pd.concat(frames, ignore_index=True)
     stacked[CUTOFF] = stacked[CUTOFF].astype("datetime64[ns]")

@@ -1,17 +1,10 @@
-"""Customer features at a cutoff, computed in DuckDB SQL.
+"""Customer features at a cutoff, one definition run by DuckDB or Spark.
 
 A purchase occasion is a customer-day (the calendar day of ``timestamp``) and its amount is
-that day's net sum. Everything here works in two stages, which is what keeps DuckDB inside
-its memory limit on large logs (see ``STACK_NOTES.md``, "Scale"):
-
-1. rows -> one row per customer-day (``day``, net ``amount``, ``n_rows``);
-2. customer-days -> one row per customer; trailing windows are sums with a ``FILTER`` on
-   the day, and the inter-occasion gaps come from a ``LAG`` over the customer-days (never a
-   window function over raw rows).
-
-Sums are exact: amounts are cast to ``DECIMAL(38, 8)`` before any addition and gaps are
-integers, so the features do not depend on row order or on how DuckDB splits the work over
-threads (``DATA_CASES.md`` 15).
+that day's net sum. The definitions live in :mod:`clv_training.features.expr` as Ibis
+expressions; :mod:`clv_training.features.engine` runs them on embedded DuckDB (default) or
+on Spark (``features.engine=spark``). This module is the pandas-facing API the rest of the
+package calls: frames (or engine tables) in, frames out.
 
 Functions
 ---------
@@ -30,92 +23,51 @@ connect_duckdb
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import duckdb
 import numpy as np
 import pandas as pd
+from ibis.expr.types import Table
 
 from clv_training.config import FeaturesConfig
 from clv_training.data import AMOUNT, CUSTOMER_ID, TIMESTAMP
+from clv_training.features import expr
+from clv_training.features.engine import FeatureEngine, connect_duckdb, open_engine
+from clv_training.features.expr import (
+    DAY,
+    N_ROWS,
+    TARGET_OCCASIONS,
+    TARGET_SPEND,
+    feature_columns,
+)
+
+__all__ = [
+    "DAY",
+    "N_ROWS",
+    "TARGET_OCCASIONS",
+    "TARGET_SPEND",
+    "Rows",
+    "build_features",
+    "build_occasions",
+    "build_targets",
+    "connect_duckdb",
+    "feature_columns",
+    "select_rows",
+]
 
 logger = logging.getLogger(__name__)
 
-DAY = "day"
-N_ROWS = "n_rows"
-TARGET_SPEND = "target_spend"
-TARGET_OCCASIONS = "target_occasions"
-
-# Limitation: amounts are rounded to 8 decimals (and must stay below 1e30 in absolute
-# value) before they are summed. That is what makes the sums exact and independent of row
-# order; no currency needs more precision.
-_AMOUNT_SQL_TYPE = "DECIMAL(38, 8)"
+#: Transactions as a pandas frame, or as a table already on the engine (e.g. a Parquet file
+#: read by :meth:`FeatureEngine.read_parquet`).
+Rows = pd.DataFrame | Table
 
 #: Optional hook for extra features (e.g. BG/NBD expected purchases and P(alive) when
 #: ``features.btyd_features`` is on). It gets the base features (index ``customer_id``) and
 #: the cutoff, and returns float columns on the same index; they are appended after the
 #: base columns in the order it returns them.
 ExtraFeatures = Callable[[pd.DataFrame, pd.Timestamp], pd.DataFrame]
-
-_BASE_HEAD = (
-    "frequency",
-    "recency",
-    "T",
-    "monetary_value",
-    "avg_occasion_value",
-    "total_spend",
-    "n_occasions",
-    "days_since_last",
-)
-_BASE_TAIL = (
-    "ipt_mean",
-    "ipt_std",
-    "max_occasion_value",
-    "recent_spend_rate",
-    "earlier_spend_rate",
-    "spend_trend",
-)
-
-
-def _windows(cfg: FeaturesConfig) -> list[int]:
-    """Return the trailing windows of ``cfg`` as sorted unique positive ints."""
-    windows = sorted({int(w) for w in cfg.windows})
-    if any(w <= 0 for w in windows):
-        raise ValueError(
-            f"features.windows must hold positive day counts, got {list(cfg.windows)}"
-        )
-    if int(cfg.trend_window_days) <= 0:
-        raise ValueError(
-            f"features.trend_window_days must be positive, got {cfg.trend_window_days}"
-        )
-    return windows
-
-
-def feature_columns(cfg: FeaturesConfig) -> list[str]:
-    """Return the feature columns of :func:`build_features`, in their fixed order.
-
-    Parameters
-    ----------
-    cfg : FeaturesConfig
-        Feature settings; ``windows`` adds ``spend_last_{w}`` and ``occasions_last_{w}``
-        for each window, in ascending order of ``w``.
-
-    Returns
-    -------
-    list of str
-        Column names. Columns added by an ``extra`` hook are not included.
-
-    Examples
-    --------
-    >>> feature_columns(FeaturesConfig(windows=[90, 30]))[8:12]
-    ['spend_last_30', 'occasions_last_30', 'spend_last_90', 'occasions_last_90']
-    """
-    columns = list(_BASE_HEAD)
-    for w in _windows(cfg):
-        columns += [f"spend_last_{w}", f"occasions_last_{w}"]
-    return columns + list(_BASE_TAIL)
 
 
 def _as_day(value: pd.Timestamp | str, name: str) -> pd.Timestamp:
@@ -126,29 +78,7 @@ def _as_day(value: pd.Timestamp | str, name: str) -> pd.Timestamp:
     return ts.normalize()
 
 
-def connect_duckdb(cfg: FeaturesConfig) -> duckdb.DuckDBPyConnection:
-    """Open a fresh in-memory DuckDB connection with the configured limits.
-
-    Parameters
-    ----------
-    cfg : FeaturesConfig
-        ``duckdb_memory_limit`` and ``duckdb_temp_directory`` (the spill folder) are
-        applied when set.
-
-    Returns
-    -------
-    duckdb.DuckDBPyConnection
-        A connection the caller closes.
-    """
-    config: dict[str, str] = {}
-    if cfg.duckdb_memory_limit:
-        config["memory_limit"] = str(cfg.duckdb_memory_limit)
-    if cfg.duckdb_temp_directory:
-        config["temp_directory"] = str(cfg.duckdb_temp_directory)
-    return duckdb.connect(database=":memory:", config=config)
-
-
-def _check_rows(transactions: pd.DataFrame) -> pd.DataFrame:
+def select_rows(transactions: pd.DataFrame) -> pd.DataFrame:
     """Return the three columns the SQL needs, after checking they are usable.
 
     A log without an ``amount`` column is a frequency-only log: its counts and days are
@@ -176,135 +106,31 @@ def _check_rows(transactions: pd.DataFrame) -> pd.DataFrame:
 
 @contextmanager
 def _session(
-    transactions: pd.DataFrame,
+    transactions: Rows,
     cfg: FeaturesConfig | None,
     con: duckdb.DuckDBPyConnection | None,
-) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
-    """Yield a connection and the name of a view over ``transactions``.
+    engine: FeatureEngine | None,
+) -> Iterator[tuple[FeatureEngine, Table]]:
+    """Yield an engine and ``transactions`` as one of its tables.
 
-    A connection passed in keeps its own settings and stays open; a fresh one is closed.
+    An engine (or DuckDB connection) passed in stays open; one opened here is closed.
     """
-    rows = _check_rows(transactions)
-    own = con is None
-    conn = connect_duckdb(cfg or FeaturesConfig()) if own else con
-    name = f"clv_rows_{uuid.uuid4().hex}"
-    conn.register(name, rows)
+    if engine is not None and con is not None:
+        raise ValueError("give either engine or con, not both")
+    own = engine is None
+    eng = open_engine(cfg or FeaturesConfig(), con=con) if own else engine
     try:
-        yield conn, name
+        if isinstance(transactions, Table):
+            yield eng, transactions
+        else:
+            yield eng, eng.table(select_rows(transactions))
     finally:
-        conn.unregister(name)
         if own:
-            conn.close()
-
-
-_ROW_DAY = f"CAST({TIMESTAMP} AS DATE)"
-
-
-def _occasions_sql(rows: str, where: str = "") -> str:
-    """Stage 1: rows -> customer-days (net amount as exact decimal, row count).
-
-    ``where`` is an optional SQL condition on the rows; ``_ROW_DAY`` is their day.
-    """
-    where = f"WHERE {where}" if where else ""
-    return f"""
-        SELECT CAST({CUSTOMER_ID} AS VARCHAR) AS customer_id,
-               CAST({TIMESTAMP} AS DATE) AS day,
-               SUM(CAST({AMOUNT} AS {_AMOUNT_SQL_TYPE})) AS amount,
-               COUNT(*) AS n_rows
-        FROM "{rows}"
-        {where}
-        GROUP BY 1, 2
-    """
-
-
-def _features_sql(occasions_sql: str, cfg: FeaturesConfig) -> str:
-    """Stage 2: customer-days up to ``$cutoff`` -> one row of features per customer."""
-    tw = int(cfg.trend_window_days)
-    window_aggs = []
-    window_cols = []
-    for w in _windows(cfg):
-        window_aggs.append(
-            f"COALESCE(SUM(amount) FILTER (WHERE age < {w}), 0) AS spend_last_{w},\n"
-            f"COUNT(*) FILTER (WHERE age < {w}) AS occasions_last_{w}"
-        )
-        window_cols.append(
-            f"CAST(spend_last_{w} AS DOUBLE) AS spend_last_{w},\n"
-            f"CAST(occasions_last_{w} AS DOUBLE) AS occasions_last_{w}"
-        )
-    window_aggs_sql = ",\n".join(window_aggs)
-    window_cols_sql = ",\n".join(window_cols)
-    # recent / earlier spend per day; the earlier period is [first day, cutoff - tw] and
-    # lasts T - tw days, so it exists only when T > tw.
-    recent_rate = f"CAST(recent_spend AS DOUBLE) / {tw}"
-    earlier_rate = (
-        f"CASE WHEN t_days > {tw} THEN CAST(earlier_spend AS DOUBLE) / (t_days - {tw}) "
-        "ELSE 0 END"
-    )
-    return f"""
-        WITH occ AS ({occasions_sql}),
-        days AS (
-            SELECT customer_id, day, amount,
-                   date_diff('day', day, $cutoff) AS age,
-                   date_diff('day',
-                             LAG(day) OVER (PARTITION BY customer_id ORDER BY day),
-                             day) AS gap,
-                   day = MIN(day) OVER (PARTITION BY customer_id) AS is_first
-            FROM occ
-            WHERE day <= $cutoff
-        ),
-        per_customer AS (
-            SELECT customer_id,
-                   COUNT(*) AS n_occ,
-                   MAX(age) AS t_days,
-                   MIN(age) AS since_last,
-                   SUM(amount) AS total,
-                   COALESCE(SUM(amount) FILTER (WHERE NOT is_first), 0) AS repeat_total,
-                   MAX(amount) AS max_amount,
-                   COUNT(gap) AS n_gaps,
-                   COALESCE(SUM(gap), 0) AS gap_sum,
-                   COALESCE(SUM(CAST(gap AS HUGEINT) * gap), 0) AS gap_sq_sum,
-                   {window_aggs_sql},
-                   COALESCE(SUM(amount) FILTER (WHERE age < {tw}), 0) AS recent_spend,
-                   COALESCE(SUM(amount) FILTER (WHERE age >= {tw}), 0) AS earlier_spend
-            FROM days
-            GROUP BY customer_id
-        ),
-        rates AS (
-            SELECT *, {recent_rate} AS recent_rate, {earlier_rate} AS earlier_rate
-            FROM per_customer
-        )
-        SELECT customer_id,
-               CAST(n_occ - 1 AS DOUBLE) AS frequency,
-               CAST(t_days - since_last AS DOUBLE) AS recency,
-               CAST(t_days AS DOUBLE) AS "T",
-               CASE WHEN n_occ > 1 THEN CAST(repeat_total AS DOUBLE) / (n_occ - 1)
-                    ELSE 0 END AS monetary_value,
-               CAST(total AS DOUBLE) / n_occ AS avg_occasion_value,
-               CAST(total AS DOUBLE) AS total_spend,
-               CAST(n_occ AS DOUBLE) AS n_occasions,
-               CAST(since_last AS DOUBLE) AS days_since_last,
-               {window_cols_sql},
-               CASE WHEN n_gaps > 0 THEN CAST(gap_sum AS DOUBLE) / n_gaps
-                    ELSE 0 END AS ipt_mean,
-               CASE WHEN n_gaps > 1
-                    THEN sqrt(CAST(GREATEST(n_gaps * gap_sq_sum - gap_sum * gap_sum, 0)
-                                   AS DOUBLE)) / n_gaps
-                    ELSE 0 END AS ipt_std,
-               CAST(max_amount AS DOUBLE) AS max_occasion_value,
-               recent_rate AS recent_spend_rate,
-               earlier_rate AS earlier_spend_rate,
-               CASE WHEN t_days <= {tw} THEN 0
-                    WHEN GREATEST(recent_rate, 0) + GREATEST(earlier_rate, 0) = 0 THEN 0
-                    ELSE (GREATEST(recent_rate, 0) - GREATEST(earlier_rate, 0))
-                         / (GREATEST(recent_rate, 0) + GREATEST(earlier_rate, 0))
-                    END AS spend_trend
-        FROM rates
-        ORDER BY customer_id
-    """
+            eng.close()
 
 
 def _to_features(result: pd.DataFrame, cfg: FeaturesConfig) -> pd.DataFrame:
-    """Index the SQL result by customer id and fix dtypes and column order."""
+    """Index the engine's result by customer id and fix dtypes and column order."""
     columns = feature_columns(cfg)
     result[CUSTOMER_ID] = result[CUSTOMER_ID].astype(str)
     # Sorted again in Python's order, whatever collation the SQL ORDER BY used.
@@ -313,16 +139,11 @@ def _to_features(result: pd.DataFrame, cfg: FeaturesConfig) -> pd.DataFrame:
     return features
 
 
-def _features_query(
-    con: duckdb.DuckDBPyConnection,
-    occasions_sql: str,
-    cutoff: pd.Timestamp,
-    cfg: FeaturesConfig,
-) -> pd.DataFrame:
-    """Run stage 2 over ``occasions_sql`` at ``cutoff`` and return the feature frame."""
-    sql = _features_sql(occasions_sql, cfg)
-    result = con.execute(sql, {"cutoff": cutoff.date()}).df()
-    return _to_features(result, cfg)
+def _empty(cfg: FeaturesConfig) -> pd.DataFrame:
+    """A feature frame with no customers (what every engine gives for no rows)."""
+    columns = feature_columns(cfg)
+    index = pd.Index([], dtype=object, name=CUSTOMER_ID)
+    return pd.DataFrame({c: np.array([], dtype=np.float64) for c in columns}, index=index)
 
 
 def _add_extra(
@@ -340,12 +161,13 @@ def _add_extra(
 
 
 def build_features(
-    transactions: pd.DataFrame,
+    transactions: Rows,
     cutoff: pd.Timestamp,
     cfg: FeaturesConfig,
     *,
     extra: ExtraFeatures | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
+    engine: FeatureEngine | None = None,
 ) -> pd.DataFrame:
     """Compute one row of features per customer from the rows up to a cutoff.
 
@@ -355,9 +177,10 @@ def build_features(
 
     Parameters
     ----------
-    transactions : pandas.DataFrame
+    transactions : pandas.DataFrame or ibis.Table
         Prepared transactions: ``customer_id`` (str), ``timestamp`` (naive datetime64),
-        ``amount`` (float64). Other columns are ignored; row order does not matter.
+        ``amount`` (float64). Other columns are ignored; row order does not matter. A
+        table must live on ``engine`` (e.g. ``engine.read_parquet(path)``).
     cutoff : pandas.Timestamp
         Last day of history visible to the features.
     cfg : FeaturesConfig
@@ -368,8 +191,10 @@ def build_features(
         after the base columns. BG/NBD features (``cfg.btyd_features``) are meant to come
         through it; this module does not compute them.
     con : duckdb.DuckDBPyConnection, optional
-        Connection to use (its settings are left as they are). By default a fresh
-        in-memory connection is opened and closed.
+        DuckDB connection to use (its settings are left as they are).
+    engine : FeatureEngine, optional
+        Engine to use and leave open. By default the engine of ``cfg.engine`` is opened
+        and closed.
 
     Returns
     -------
@@ -408,33 +233,36 @@ def build_features(
     [1.0, 10.0, 30.0, 4.0]
     """
     cutoff = _as_day(cutoff, "cutoff")
-    with _session(transactions, cfg, con) as (conn, rows):
-        occasions = _occasions_sql(rows, f"{_ROW_DAY} <= $cutoff")
-        features = _features_query(conn, occasions, cutoff, cfg)
+    with _session(transactions, cfg, con, engine) as (eng, rows):
+        result = eng.to_pandas(expr.features(rows, cutoff.date(), cfg))
+    features = _to_features(result, cfg) if len(result) else _empty(cfg)
     logger.debug("features at %s: %d customers", cutoff.date(), len(features))
     return _add_extra(features, cutoff, extra)
 
 
 def build_occasions(
-    transactions: pd.DataFrame,
+    transactions: Rows,
     cutoff: pd.Timestamp | None = None,
     *,
     cfg: FeaturesConfig | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
+    engine: FeatureEngine | None = None,
 ) -> pd.DataFrame:
     """Collapse rows into purchase occasions (one per customer-day).
 
     Parameters
     ----------
-    transactions : pandas.DataFrame
+    transactions : pandas.DataFrame or ibis.Table
         Prepared transactions (``customer_id``, ``timestamp``, ``amount``).
     cutoff : pandas.Timestamp, optional
         Keep only days <= cutoff. By default every day is kept.
     cfg : FeaturesConfig, optional
-        Only its DuckDB settings are used, for a fresh connection (default: the defaults
-        of :class:`FeaturesConfig`).
+        Only its engine settings are used, to open an engine (default: the defaults of
+        :class:`FeaturesConfig`, embedded DuckDB).
     con : duckdb.DuckDBPyConnection, optional
-        Connection to use; by default a fresh in-memory one.
+        DuckDB connection to use and leave open.
+    engine : FeatureEngine, optional
+        Engine to use and leave open.
 
     Returns
     -------
@@ -442,71 +270,43 @@ def build_occasions(
         Columns ``customer_id`` (str), ``day`` (datetime64[ns], midnight), ``amount``
         (float64, the day's net sum) and ``n_rows`` (int64), sorted by customer and day.
     """
-    params = {} if cutoff is None else {"cutoff": _as_day(cutoff, "cutoff").date()}
-    where = "" if cutoff is None else f"{_ROW_DAY} <= $cutoff"
-    with _session(transactions, cfg, con) as (conn, rows):
-        sql = f"""
-            SELECT customer_id, day, CAST(amount AS DOUBLE) AS amount, n_rows
-            FROM ({_occasions_sql(rows, where)})
-            ORDER BY customer_id, day
-        """
-        result = conn.execute(sql, params).df()
+    until = None if cutoff is None else _as_day(cutoff, "cutoff").date()
+    with _session(transactions, cfg, con, engine) as (eng, rows):
+        result = eng.to_pandas(expr.occasion_table(rows, until))
+    result = result[[CUSTOMER_ID, DAY, AMOUNT, N_ROWS]]
     result[CUSTOMER_ID] = result[CUSTOMER_ID].astype(str)
-    result[DAY] = result[DAY].astype("datetime64[ns]")
+    result[DAY] = pd.to_datetime(result[DAY]).astype("datetime64[ns]")
     result[AMOUNT] = result[AMOUNT].astype(np.float64)
     result[N_ROWS] = result[N_ROWS].astype(np.int64)
     return result.reset_index(drop=True)
 
 
-def _targets_query(
-    con: duckdb.DuckDBPyConnection,
-    occasions_sql: str,
-    cutoff: pd.Timestamp,
-    horizon_days: int,
-) -> pd.DataFrame:
-    """Sum the occasions in ``(cutoff, cutoff + horizon]`` per customer."""
-    sql = f"""
-        SELECT customer_id,
-               CAST(SUM(amount) AS DOUBLE) AS {TARGET_SPEND},
-               CAST(COUNT(*) AS DOUBLE) AS {TARGET_OCCASIONS}
-        FROM ({occasions_sql})
-        WHERE day > $cutoff AND day <= $horizon_end
-        GROUP BY customer_id
-        ORDER BY customer_id
-    """
-    params = {
-        "cutoff": cutoff.date(),
-        "horizon_end": (cutoff + pd.Timedelta(days=horizon_days)).date(),
-    }
-    result = con.execute(sql, params).df()
-    result[CUSTOMER_ID] = result[CUSTOMER_ID].astype(str)
-    targets = result.set_index(CUSTOMER_ID)[[TARGET_SPEND, TARGET_OCCASIONS]]
-    return targets.astype(np.float64).sort_index()
-
-
 def build_targets(
-    transactions: pd.DataFrame,
+    transactions: Rows,
     cutoff: pd.Timestamp,
     horizon_days: int,
     *,
     cfg: FeaturesConfig | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
+    engine: FeatureEngine | None = None,
 ) -> pd.DataFrame:
     """Spend and occasions per customer in the horizon after a cutoff.
 
     Parameters
     ----------
-    transactions : pandas.DataFrame
+    transactions : pandas.DataFrame or ibis.Table
         Prepared transactions (``customer_id``, ``timestamp``, ``amount``).
     cutoff : pandas.Timestamp
         Last day of the feature history; it is *not* part of the target window.
     horizon_days : int
         Length of the target window ``(cutoff, cutoff + horizon_days]`` in days.
     cfg : FeaturesConfig, optional
-        Only its DuckDB settings are used, for a fresh connection (default: the defaults
-        of :class:`FeaturesConfig`).
+        Only its engine settings are used, to open an engine (default: the defaults of
+        :class:`FeaturesConfig`, embedded DuckDB).
     con : duckdb.DuckDBPyConnection, optional
-        Connection to use; by default a fresh in-memory one.
+        DuckDB connection to use and leave open.
+    engine : FeatureEngine, optional
+        Engine to use and leave open.
 
     Returns
     -------
@@ -518,6 +318,9 @@ def build_targets(
     if int(horizon_days) <= 0:
         raise ValueError(f"horizon_days must be positive, got {horizon_days}")
     cutoff = _as_day(cutoff, "cutoff")
-    window = f"{_ROW_DAY} > $cutoff AND {_ROW_DAY} <= $horizon_end"
-    with _session(transactions, cfg, con) as (conn, rows):
-        return _targets_query(conn, _occasions_sql(rows, window), cutoff, int(horizon_days))
+    end = cutoff + pd.Timedelta(days=int(horizon_days))
+    with _session(transactions, cfg, con, engine) as (eng, rows):
+        result = eng.to_pandas(expr.targets(rows, cutoff.date(), end.date()))
+    result[CUSTOMER_ID] = result[CUSTOMER_ID].astype(str)
+    targets = result.set_index(CUSTOMER_ID)[[TARGET_SPEND, TARGET_OCCASIONS]]
+    return targets.astype(np.float64).sort_index()

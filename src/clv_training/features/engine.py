@@ -1,0 +1,243 @@
+"""Engines that run the feature expressions of :mod:`clv_training.features.expr`.
+
+``features.engine`` picks one (``make train ARGS='engine=spark'`` selects the Spark preset
+in ``conf/engine/``):
+
+- ``duckdb`` (default): embedded DuckDB, in memory, with ``features.duckdb_memory_limit``
+  and a spill folder (``features.duckdb_temp_directory``), so logs larger than memory
+  finish instead of failing.
+- ``spark``: a Spark session (local mode by default, ``features.spark_master``), through
+  Ibis's PySpark backend. It needs the optional pins of ``requirements-spark.txt``
+  (``make install-spark``) and Java 17.
+
+Both take pandas frames or Parquet files in and give pandas frames out; the expressions in
+between are the same objects.
+
+Classes
+-------
+FeatureEngine
+    The interface: ``table``, ``read_parquet``, ``to_pandas``, ``close``.
+DuckDBEngine, SparkEngine
+    The two engines.
+
+Functions
+---------
+open_engine
+    The engine named by a :class:`~clv_training.config.FeaturesConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import ibis
+import pandas as pd
+from ibis.expr.types import Table
+
+from clv_training.config import FeaturesConfig
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("duckdb", "spark")
+
+
+def connect_duckdb(cfg: FeaturesConfig) -> duckdb.DuckDBPyConnection:
+    """Open a fresh in-memory DuckDB connection with the configured limits.
+
+    Parameters
+    ----------
+    cfg : FeaturesConfig
+        ``duckdb_memory_limit`` and ``duckdb_temp_directory`` (the spill folder) are
+        applied when set.
+
+    Returns
+    -------
+    duckdb.DuckDBPyConnection
+        A connection the caller closes.
+    """
+    config: dict[str, str] = {}
+    if cfg.duckdb_memory_limit:
+        config["memory_limit"] = str(cfg.duckdb_memory_limit)
+    if cfg.duckdb_temp_directory:
+        config["temp_directory"] = str(cfg.duckdb_temp_directory)
+    return duckdb.connect(database=":memory:", config=config)
+
+
+class FeatureEngine:
+    """Where feature expressions run. Use as a context manager, or call :meth:`close`."""
+
+    name = "base"
+    backend: Any
+
+    def table(self, frame: pd.DataFrame) -> Table:
+        """Make ``frame`` a table of this engine (a view where the engine allows it)."""
+        raise NotImplementedError
+
+    def read_parquet(self, path: str | Path) -> Table:
+        """A table over a Parquet file or folder, read by the engine (out of core)."""
+        return self.backend.read_parquet(str(path))
+
+    def to_pandas(self, expr: Table) -> pd.DataFrame:
+        """Run ``expr`` and return its rows as a pandas frame."""
+        return self.backend.to_pyarrow(expr).to_pandas()
+
+    def to_parquet(self, expr: Table, path: str | Path) -> Path:
+        """Run ``expr`` and write its rows to a Parquet file (for outputs too big to hold)."""
+        self.backend.to_parquet(expr, str(path))
+        return Path(path)
+
+    def close(self) -> None:
+        """Release the engine's resources."""
+
+    def __enter__(self) -> FeatureEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DuckDBEngine(FeatureEngine):
+    """Embedded DuckDB. A connection passed in keeps its settings and stays open.
+
+    Examples
+    --------
+    >>> frame = pd.DataFrame({"customer_id": ["a"], "amount": [1.5]})
+    >>> with DuckDBEngine(FeaturesConfig()) as engine:
+    ...     engine.to_pandas(engine.table(frame)).amount.tolist()
+    [1.5]
+    """
+
+    name = "duckdb"
+
+    def __init__(
+        self, cfg: FeaturesConfig, con: duckdb.DuckDBPyConnection | None = None
+    ) -> None:
+        self._own = con is None
+        self.con = connect_duckdb(cfg) if con is None else con
+        self.backend = ibis.duckdb.from_connection(self.con)
+        self._views: list[str] = []
+
+    def table(self, frame: pd.DataFrame) -> Table:
+        name = f"clv_rows_{uuid.uuid4().hex}"
+        self.con.register(name, frame)
+        self._views.append(name)
+        return self.backend.table(name)
+
+    def close(self) -> None:
+        for name in self._views:
+            self.con.unregister(name)
+        self._views.clear()
+        if self._own:
+            self.con.close()
+
+
+# Spark settings the engine always applies: arrow transfers, UTC (Ibis forces it anyway) and
+# a driver that listens on loopback only, with no web UI.
+_SPARK_DEFAULTS = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.driver.host": "127.0.0.1",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": "8",
+}
+
+
+class SparkEngine(FeatureEngine):
+    """A Spark session through Ibis's PySpark backend.
+
+    Parameters
+    ----------
+    cfg : FeaturesConfig
+        ``spark_master`` (e.g. ``local[2]``, or a cluster URL) and ``spark_conf`` (extra
+        ``spark.*`` settings, applied after the defaults above).
+    session : pyspark.sql.SparkSession, optional
+        An existing session (a notebook's or a cluster's); it is not stopped on close.
+
+    Notes
+    -----
+    Timestamps reach Spark naive, already converted to ``data.timezone`` by the data
+    contract; the session runs in UTC, so a timestamp's calendar day is the same as on
+    DuckDB.
+    """
+
+    name = "spark"
+
+    def __init__(self, cfg: FeaturesConfig, session: Any | None = None) -> None:
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError as exc:  # pragma: no cover - depends on the optional pins
+            raise ImportError(
+                "features.engine=spark needs pyspark: run `make install-spark` (it installs "
+                "requirements-spark.txt into .venv); Java 17 must be on PATH"
+            ) from exc
+        self._own = session is None
+        if session is None:
+            builder = SparkSession.builder.appName("clv_training").master(cfg.spark_master)
+            for key, value in {**_SPARK_DEFAULTS, **dict(cfg.spark_conf or {})}.items():
+                builder = builder.config(key, str(value))
+            session = builder.getOrCreate()
+            session.sparkContext.setLogLevel("ERROR")
+        self.session = session
+        self.backend = ibis.pyspark.connect(session)
+        self._views: list[str] = []
+        logger.info("spark engine: master %s", session.sparkContext.master)
+
+    def table(self, frame: pd.DataFrame) -> Table:
+        name = f"clv_rows_{uuid.uuid4().hex}"
+        # Limitation: the rows travel from the driver's pandas frame to Spark; a log that
+        # already lives in a warehouse should be read with read_parquet (or a table of the
+        # session) instead.
+        self.session.createDataFrame(_spark_ready(frame)).createOrReplaceTempView(name)
+        self._views.append(name)
+        return self.backend.table(name)
+
+    def close(self) -> None:
+        for name in self._views:
+            self.session.catalog.dropTempView(name)
+        self._views.clear()
+        if self._own:
+            self.session.stop()
+
+
+def _spark_ready(frame: pd.DataFrame) -> pd.DataFrame:
+    """Plain numpy/object dtypes, which every pyspark conversion path accepts."""
+    ready = frame.copy()
+    for column in ready.columns:
+        if pd.api.types.is_string_dtype(ready[column].dtype):
+            ready[column] = ready[column].astype(object)
+        elif pd.api.types.is_datetime64_dtype(ready[column].dtype):
+            ready[column] = ready[column].astype("datetime64[us]")
+    return ready
+
+
+def open_engine(
+    cfg: FeaturesConfig, *, con: duckdb.DuckDBPyConnection | None = None
+) -> FeatureEngine:
+    """Open the engine that ``cfg.engine`` names.
+
+    Parameters
+    ----------
+    cfg : FeaturesConfig
+        ``engine`` is ``duckdb`` or ``spark``; the engine's own settings come from it too.
+    con : duckdb.DuckDBPyConnection, optional
+        For ``duckdb``: run on this connection instead of a fresh one.
+
+    Returns
+    -------
+    FeatureEngine
+        An open engine; the caller closes it.
+    """
+    name = str(getattr(cfg, "engine", "duckdb") or "duckdb").lower()
+    if name == "duckdb":
+        return DuckDBEngine(cfg, con)
+    if con is not None:
+        raise ValueError(f"a DuckDB connection was given but features.engine={name!r}")
+    if name == "spark":
+        return SparkEngine(cfg)
+    raise ValueError(f"features.engine must be one of {list(ENGINES)}, got {name!r}")
