@@ -24,7 +24,7 @@ VERSION ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow ui serve predict promote bench bench-quick clean
+.PHONY: help install train tune-worker test test-slow ui serve predict promote bench bench-quick clean
 
 help: ## List every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +44,9 @@ install: $(STAMP) ## Create .venv and install the pinned dependencies and the pa
 
 train: $(STAMP) ## Run the training job (Hydra overrides: make train ARGS='horizon_days=91')
 	$(BIN)/python -m clv_training.jobs.train $(ARGS)
+
+tune-worker: $(STAMP) ## One more Optuna worker on train's studies (give it train's ARGS)
+	$(BIN)/python -m clv_training.jobs.tune_worker $(ARGS)
 
 test: $(STAMP) ## Run the default test suite (slow tests excluded)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

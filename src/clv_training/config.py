@@ -128,6 +128,17 @@ class TuningConfig:
     # Example rows (a seeded sample) that each Optuna trial fits on; null: all. The
     # chosen params are then refitted under the family's own max_train_rows.
     max_train_rows: int | None = 200_000
+    # After its own trials, the train job waits up to this long for trials that other
+    # workers (make tune-worker) are still running before it chooses the best; 0: no wait.
+    wait_for_workers_seconds: int = 300
+    # PostgreSQL storage only: seconds between a running trial's heartbeats, and without
+    # one before the trial is failed (its worker died) and queued again.
+    heartbeat_seconds: int = 60
+    grace_seconds: int = 120
+    # Times one failed-by-heartbeat trial is queued again; null: without limit.
+    max_retry: int | None = 3
+    # Families a tune worker runs trials for; null: every enabled family with a search.
+    families: list[str] | None = None
 
 
 @dataclass

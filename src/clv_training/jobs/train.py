@@ -162,16 +162,18 @@ def _interval_bounds(intervals: ConformalIntervals, pred: np.ndarray):
     return lower, upper
 
 
-def train_family(family: str, cfg: DictConfig, windows: Windows, storage, digest: str):
-    """Tune (if the family has a search space), then fit and score on the test window."""
+def make_objective(family: str, cfg: DictConfig, windows: Windows):
+    """The family's Optuna objective: fit on the tuning windows, score on validation.
+
+    Returns ``objective(params, trial) -> val_<selection.metric>``; the fixed params of
+    ``models.<family>.params`` are merged under the trial's.
+    """
     plan = windows.plan
     model_cfg = cfg.models[family]
     fixed = OmegaConf.to_container(model_cfg.params, resolve=True) or {}
-    search = OmegaConf.to_container(model_cfg.search, resolve=True) or {}
-    metric, greater = _selection(cfg)
+    metric, _ = _selection(cfg)
     val = windows.at(plan.validation)
     y_val = val[TARGET].to_numpy(float)
-    mlflow.log_params({f"fixed.{k}": v for k, v in fixed.items()})
     # Optuna trials may fit on fewer rows than the family's other fits (tuning.max_train_rows).
     # Limitation: the study name does not include the cap, so a resumed study mixes trials
     # fitted under an earlier cap with new ones.
@@ -196,26 +198,67 @@ def train_family(family: str, cfg: DictConfig, windows: Windows, storage, digest
         pred = model.predict(val)
         return M.regression_metrics(y_val, pred, "val")[f"val_{metric}"]
 
-    if search:
-        name = tuning.study_name(
-            cfg.tuning.study_prefix, family, digest, int(cfg.seed), str(plan.validation.date())
-        )
-        best, _, study = tuning.tune(
-            family,
-            search,
-            objective,
-            n_trials=int(cfg.tuning.n_trials),
-            seed=int(cfg.seed),
-            storage=storage,
-            name=name,
-            greater_is_better=greater,
-            metric=f"val_{metric}",
-            timeout=cfg.tuning.timeout_seconds,
-            show_progress_bar=bool(cfg.tuning.show_progress_bar),
-        )
+    return objective
+
+
+def tune_family(
+    family: str,
+    cfg: DictConfig,
+    windows: Windows,
+    storage,
+    digest: str,
+    *,
+    role: str = "train",
+    sampler_seed: int | None = None,
+    wait_for_workers_seconds: float = 0.0,
+) -> tuple[dict[str, Any], str | None, optuna.Study | None]:
+    """Run the family's share of its study (the train job and every tune worker).
+
+    Returns the best params (empty when the family has no search space), the study name
+    and the study (both None without a search space).
+    """
+    search = OmegaConf.to_container(cfg.models[family].search, resolve=True) or {}
+    if not search:
+        return {}, None, None
+    metric, greater = _selection(cfg)
+    name = tuning.study_name(
+        cfg.tuning.study_prefix, family, digest, int(cfg.seed),
+        str(windows.plan.validation.date()),
+    )
+    best, _, study = tuning.tune(
+        family,
+        search,
+        make_objective(family, cfg, windows),
+        n_trials=int(cfg.tuning.n_trials),
+        seed=int(cfg.seed),
+        storage=storage,
+        name=name,
+        greater_is_better=greater,
+        metric=f"val_{metric}",
+        timeout=cfg.tuning.timeout_seconds,
+        show_progress_bar=bool(cfg.tuning.show_progress_bar),
+        role=role,
+        sampler_seed=sampler_seed,
+        wait_for_workers_seconds=wait_for_workers_seconds,
+    )
+    return best, name, study
+
+
+def train_family(family: str, cfg: DictConfig, windows: Windows, storage, digest: str):
+    """Tune (if the family has a search space), then fit and score on the test window."""
+    plan = windows.plan
+    model_cfg = cfg.models[family]
+    fixed = OmegaConf.to_container(model_cfg.params, resolve=True) or {}
+    metric, greater = _selection(cfg)
+    val = windows.at(plan.validation)
+    y_val = val[TARGET].to_numpy(float)
+    mlflow.log_params({f"fixed.{k}": v for k, v in fixed.items()})
+    best, name, study = tune_family(
+        family, cfg, windows, storage, digest,
+        wait_for_workers_seconds=float(cfg.tuning.wait_for_workers_seconds),
+    )
+    if study is not None:
         mlflow.set_tags({"optuna_study": name, "optuna_trials": len(study.trials)})
-    else:
-        best = {}
     params = {**fixed, **best}
     mlflow.log_params({f"best.{k}": v for k, v in best.items()})
 
@@ -365,12 +408,29 @@ def build_final_pipeline(
     )
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """The whole job; returns ids and figures for callers and tests."""
-    started = time.monotonic()
-    root = Path(cfg.paths.root)
-    metric, greater = _selection(cfg)
+@dataclass
+class Prepared:
+    """The validated log and its example rows: what the train job and a tune worker share."""
 
+    prepared: Any
+    plan: CutoffPlan
+    windows: Windows
+    digest: str
+    features: FeaturesConfig
+    btyd_hook: BTYDFeatures | None
+
+    @property
+    def tx(self) -> pd.DataFrame:
+        return self.prepared.transactions
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Validate the log, plan the cutoffs and build the example rows of every window.
+
+    The same config gives the same data digest, hence the same study names, in the train
+    job and in every ``make tune-worker``.
+    """
+    root = Path(cfg.paths.root)
     data_cfg = to_dataclass(DataConfig, cfg.data)
     raw = read_raw(data_cfg, root=root)
     prepared = prepare_transactions(raw, data_cfg)
@@ -398,10 +458,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         examples[CUSTOMER_ID], float(cfg.split.calibration_fraction), int(cfg.seed)
     )
     windows = Windows(plan=plan, examples=examples)
-    digest = tracking.data_digest(tx)
+    return Prepared(prepared, plan, windows, tracking.data_digest(tx), feat_cfg, btyd_hook)
+
+
+def open_storage(cfg: DictConfig):
+    """The Optuna storage of ``tuning.storage`` with the heartbeat settings of the config."""
+    return tuning.make_storage(
+        cfg.tuning.storage,
+        cfg.paths.mlruns,
+        heartbeat_seconds=int(cfg.tuning.heartbeat_seconds),
+        grace_seconds=int(cfg.tuning.grace_seconds),
+        max_retry=cfg.tuning.max_retry,
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The whole job; returns ids and figures for callers and tests."""
+    started = time.monotonic()
+    root = Path(cfg.paths.root)
+    metric, greater = _selection(cfg)
+
+    data = prepare(cfg)
+    prepared, plan, windows, digest = data.prepared, data.plan, data.windows, data.digest
+    tx, feat_cfg, btyd_hook = data.tx, data.features, data.btyd_hook
 
     tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.artifact_root, cfg.mlflow.experiment)
-    storage = tuning.make_storage(cfg.tuning.storage, cfg.paths.mlruns)
+    storage = open_storage(cfg)
     tags = {
         "git_commit": tracking.git_commit(root),
         "data_digest": digest,
