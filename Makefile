@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
+SPARK_STAMP := $(VENV)/.installed-spark
 # The local env manager of `mlflow models serve` starts uvicorn from PATH.
 export PATH := $(BIN):$(PATH)
 export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK := true
@@ -24,10 +25,10 @@ VERSION ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train tune-worker test test-slow ui serve predict promote bench bench-quick clean
+.PHONY: help install install-spark train tune-worker test test-slow ui serve predict promote bench bench-quick clean
 
 help: ## List every target with one line each
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,16 +43,26 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the pinned dependencies and the package
 
-train: $(STAMP) ## Run the training job (Hydra overrides: make train ARGS='horizon_days=91')
+$(SPARK_STAMP): requirements-spark.txt $(STAMP)
+	( $(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements-spark.txt ) || \
+	$(BIN)/python -m pip install --quiet -r requirements-spark.txt
+	touch $(SPARK_STAMP)
+
+install-spark: $(SPARK_STAMP) ## Add the optional Spark engine (pyspark; needs Java 17) to .venv
+
+# `engine=spark` in ARGS installs the Spark pins first.
+NEEDS_SPARK := $(if $(findstring engine=spark,$(ARGS)),$(SPARK_STAMP))
+
+train: $(STAMP) $(NEEDS_SPARK) ## Run the training job (Hydra overrides: make train ARGS='horizon_days=91')
 	$(BIN)/python -m clv_training.jobs.train $(ARGS)
 
-tune-worker: $(STAMP) ## One more Optuna worker on train's studies (give it train's ARGS)
+tune-worker: $(STAMP) $(NEEDS_SPARK) ## One more Optuna worker on train's studies (give it train's ARGS)
 	$(BIN)/python -m clv_training.jobs.tune_worker $(ARGS)
 
 test: $(STAMP) ## Run the default test suite (slow tests excluded)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-slow: $(STAMP) ## Run only the slow tests
+test-slow: $(STAMP) $(SPARK_STAMP) ## Run only the slow tests
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 ui: $(STAMP) ## MLflow UI on the project store at 127.0.0.1:UI_PORT (default 5000); Ctrl+C stops it
@@ -70,10 +81,10 @@ predict: $(STAMP) ## Score a file: make predict INPUT=tx.csv OUTPUT=out.csv [AS_
 promote: $(STAMP) ## Promote a registered version to champion: make promote VERSION=N
 	$(BIN)/python -m clv_training.jobs.promote version=$(VERSION) $(ARGS)
 
-bench: $(STAMP) ## Full benchmark (quality, speed, memory, scale); writes bench/results.json and bench/RESULTS.md
+bench: $(STAMP) $(SPARK_STAMP) ## Full benchmark (quality, speed, memory, scale); writes bench/results.json and bench/RESULTS.md
 	$(BIN)/python -m clv_training.bench.run --size full $(ARGS)
 
-bench-quick: $(STAMP) ## Small benchmark run (minutes); writes bench/results-quick.json and bench/RESULTS-quick.md
+bench-quick: $(STAMP) $(SPARK_STAMP) ## Small benchmark run (minutes); writes bench/results-quick.json and bench/RESULTS-quick.md
 	$(BIN)/python -m clv_training.bench.run --size quick $(ARGS)
 
 clean: ## Remove caches and Hydra outputs (keeps .venv and mlruns)
