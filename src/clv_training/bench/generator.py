@@ -10,7 +10,8 @@ is many times larger (a heavy tail), several rows on one day (a basket), and ret
 (negative rows on the purchase day or a few days later).
 
 Everything is vectorised numpy, so 10^7 rows take seconds. The exact-row-count entry
-point :func:`generate_rows` sizes the customer base from a small pilot draw.
+point :func:`generate_rows` sizes the customer base from a small pilot draw;
+:func:`write_rows_parquet` writes logs too large to hold (10^8 rows) chunk by chunk.
 
 Simulation of the BG/NBD purchases without a per-customer loop: with ``N ~
 Poisson(lambda L)`` events of an unbroken Poisson process in the customer's window of
@@ -162,19 +163,24 @@ def _simulate(
     return customer, day, second, amount
 
 
-def _customer_ids(n: int) -> np.ndarray:
-    width = max(7, len(str(max(n - 1, 0))))
-    return np.char.add("C", np.char.zfill(np.arange(n).astype(str), width))
+def _id_width(n: int) -> int:
+    """Digits of the ids of ``n`` customers (at least 7, so ``C0000000`` is the first)."""
+    return max(7, len(str(max(n - 1, 0))))
+
+
+def _customer_ids(n: int, offset: int = 0, width: int | None = None) -> np.ndarray:
+    width = _id_width(n) if width is None else width
+    return np.char.add("C", np.char.zfill(np.arange(offset, offset + n).astype(str), width))
 
 
 def _to_table(
     customer: np.ndarray, day: np.ndarray, second: np.ndarray, amount: np.ndarray,
-    n_customers: int, start: str,
+    n_customers: int, start: str, *, id_offset: int = 0, id_width: int | None = None,
 ) -> pa.Table:
     order = np.lexsort((second, day))  # the log in time order, as real logs come
     start_ns = pd.Timestamp(start).value
     stamp = start_ns + (day[order] * 86_400 + second[order]) * 1_000_000_000
-    ids = pa.array(_customer_ids(n_customers))
+    ids = pa.array(_customer_ids(n_customers, id_offset, id_width))
     codes = pa.array(customer[order].astype(np.int32))
     customer_id = pa.DictionaryArray.from_arrays(codes, ids).dictionary_decode()
     return pa.table(
@@ -223,6 +229,28 @@ def generate_transactions(
     return frame
 
 
+def _rows_per_customer(params: GeneratorParams, seed: int) -> float:
+    """Mean rows per customer in a pilot of :data:`PILOT_CUSTOMERS` (seed ``seed + 1``)."""
+    pilot = _simulate(PILOT_CUSTOMERS, params, np.random.default_rng(seed + 1))[0]
+    return len(pilot) / PILOT_CUSTOMERS
+
+
+def _customers_for(n_rows: int, per_customer: float) -> int:
+    """Customers to simulate for ``n_rows`` rows: 5% more than expected, plus 10."""
+    return max(2, int(np.ceil(1.05 * n_rows / per_customer)) + 10)
+
+
+def _draw_rows(
+    n_rows: int, n_customers: int, params: GeneratorParams, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Simulate ``n_customers``; keep the first customers whose rows fit in ``n_rows``."""
+    customer, day, second, amount = _simulate(n_customers, params, rng)
+    counts = np.bincount(customer, minlength=n_customers)
+    keep_customers = int(np.searchsorted(np.cumsum(counts), n_rows, side="right"))
+    keep = customer < keep_customers
+    return customer[keep], day[keep], second[keep], amount[keep], keep_customers
+
+
 def generate_rows(
     n_rows: int, params: GeneratorParams | None = None, seed: int = 0
 ) -> pa.Table:
@@ -238,23 +266,101 @@ def generate_rows(
         As :func:`generate_table`.
     """
     params = params or GeneratorParams()
-    pilot_rng = np.random.default_rng(seed + 1)
-    pilot = _simulate(PILOT_CUSTOMERS, params, pilot_rng)[0]
-    per_customer = len(pilot) / PILOT_CUSTOMERS
-    n_customers = max(2, int(np.ceil(1.05 * n_rows / per_customer)) + 10)
-
-    rng = np.random.default_rng(seed)
-    customer, day, second, amount = _simulate(n_customers, params, rng)
-    counts = np.bincount(customer, minlength=n_customers)
-    keep_customers = int(np.searchsorted(np.cumsum(counts), n_rows, side="right"))
-    keep = customer < keep_customers
+    per_customer = _rows_per_customer(params, seed)
+    n_customers = _customers_for(n_rows, per_customer)
+    customer, day, second, amount, keep_customers = _draw_rows(
+        n_rows, n_customers, params, np.random.default_rng(seed)
+    )
     logger.info(
         "generator: %d customers, %d rows (target %d, %.2f rows per customer)",
-        keep_customers, int(keep.sum()), n_rows, per_customer,
+        keep_customers, len(customer), n_rows, per_customer,
     )
-    return _to_table(
-        customer[keep], day[keep], second[keep], amount[keep], keep_customers, params.start
-    )
+    return _to_table(customer, day, second, amount, keep_customers, params.start)
+
+
+#: Rows per chunk of :func:`write_rows_parquet` (about 1 GiB of numpy arrays at the peak).
+CHUNK_ROWS = 5_000_000
+#: Rows per Parquet row group in :func:`write_rows_parquet`.
+ROW_GROUP_ROWS = 1_000_000
+
+
+def write_rows_parquet(
+    n_rows: int,
+    path: str | Path,
+    params: GeneratorParams | None = None,
+    seed: int = 0,
+    chunk_rows: int = CHUNK_ROWS,
+) -> dict[str, int | str]:
+    """Write a log of about ``n_rows`` rows to one Parquet file, chunk by chunk.
+
+    The rows are split into chunks of ``chunk_rows``; each chunk is a
+    :func:`generate_rows`-style draw of whole customers (at most ``chunk_rows`` rows) from
+    its own seed (``numpy.random.SeedSequence(seed).spawn``), and its customers get the
+    ids that follow the previous chunk's, so ids are unique across the file. Only one
+    chunk is in memory at a time. The same arguments give the same file, byte for byte
+    (with the same pyarrow).
+
+    Parameters
+    ----------
+    n_rows : int
+        Target rows (the file has at most this many, whole customers only).
+    path : str or Path
+        The Parquet file to write (zstd; row groups of :data:`ROW_GROUP_ROWS`).
+    params : GeneratorParams, optional
+        True parameters (default :class:`GeneratorParams`).
+    seed : int
+        Seed of the pilot draw (``seed + 1``, as in :func:`generate_rows`) and of the
+        chunks' seed sequence.
+    chunk_rows : int
+        Rows per chunk.
+
+    Returns
+    -------
+    dict
+        ``rows``, ``customers``, ``chunks``, ``bytes`` (file size) and ``path``.
+
+    Notes
+    -----
+    Timestamps are stored in microseconds (every value is a whole second), the finest
+    unit Spark reads from Parquet.
+    """
+    # Limitation: each chunk is in time order, but the file as a whole is not (chunk k
+    # holds customers k only); a real log interleaves every customer over time. Features
+    # do not depend on row order, but an engine's locality could.
+    params = params or GeneratorParams()
+    if n_rows < 1 or chunk_rows < 1:
+        raise ValueError(f"n_rows and chunk_rows must be >= 1, got {n_rows}, {chunk_rows}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    targets = [chunk_rows] * (n_rows // chunk_rows)
+    if n_rows % chunk_rows:
+        targets.append(n_rows % chunk_rows)
+    per_customer = _rows_per_customer(params, seed)
+    simulated = [_customers_for(t, per_customer) for t in targets]
+    width = _id_width(sum(simulated))  # wide enough for every id any chunk could keep
+    streams = np.random.SeedSequence(seed).spawn(len(targets))
+    offset, rows = 0, 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for k, (target, n_customers, stream) in enumerate(zip(targets, simulated, streams)):
+            customer, day, second, amount, kept = _draw_rows(
+                target, n_customers, params, np.random.default_rng(stream)
+            )
+            table = _to_table(customer, day, second, amount, kept, params.start,
+                              id_offset=offset, id_width=width)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd",
+                                          coerce_timestamps="us")
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            offset += kept
+            rows += table.num_rows
+            logger.info("generator chunk %d/%d: %d customers, %d rows", k + 1, len(targets),
+                        kept, table.num_rows)
+    finally:
+        if writer is not None:
+            writer.close()
+    return {"rows": rows, "customers": offset, "chunks": len(targets),
+            "bytes": path.stat().st_size, "path": str(path)}
 
 
 def write_parquet(table: pa.Table, path: str | Path) -> Path:

@@ -16,6 +16,15 @@ e2e
 serving
     ``mlflow models serve`` of the quality run's champion: customers/s for requests of
     several sizes and p50/p99 latency for one customer.
+scale
+    The full feature set on DuckDB reading a Parquet log out of core (10^8 rows in the
+    full size) in a fresh process per memory limit: seconds, peak memory, spill.
+spark
+    The same features on Spark local mode (10^6 rows in the full size): start-up,
+    transfer, feature seconds and exact parity with DuckDB.
+
+A run merges into the existing results file: sections it did not run keep their figures
+and the provenance (date, commit, command) of the run that made them.
 
 Everything writes to a temporary folder (MLflow store included); only
 ``bench/results[-quick].json`` and ``bench/RESULTS[-quick].md`` are written in the project.
@@ -63,7 +72,9 @@ GOAL_METRICS = {"test_gini": True, "test_spearman": True, "test_decile_mape": Fa
                 "test_rmse": False}
 BTYD_PEERS = ("btyd", "lifetimes")
 PACKAGES = ("numpy", "pandas", "duckdb", "pyarrow", "scikit-learn", "catboost", "mlflow",
-            "optuna", "pymc", "pymc-marketing", "lifetimes", "hydra-core", "scipy")
+            "optuna", "pymc", "pymc-marketing", "lifetimes", "hydra-core", "scipy",
+            "ibis-framework", "pyspark")
+SECTIONS = ("quality", "serving", "speed", "e2e", "scale", "spark")
 
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {
@@ -71,6 +82,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "speed_rows": [10**4, 10**5], "e2e_rows": [10**4, 10**5], "e2e_trials": 1,
         "serve_customers": [1, 100, 1000], "serve_single_requests": 50,
         "speed_timeout": 120, "e2e_timeout": 600,
+        "scale_rows": [10**6], "scale_memory_limits": ["1GB", "512MB"], "scale_timeout": 600,
+        "spark_rows": 10**5, "spark_timeout": 600,
     },
     "full": {
         "quality_data": "cdnow", "quality_trials": None,  # conf/tuning default
@@ -80,6 +93,10 @@ SIZES: dict[str, dict[str, Any]] = {
         "speed_timeout": 300,
         # Limitation: the 10^7 job is stopped after this long and recorded as a failure.
         "e2e_timeout": 1800,
+        "scale_rows": [10**8], "scale_memory_limits": ["4GB", "2GB"],
+        # Limitation: a scale run (or the generator) slower than this is a timeout.
+        "scale_timeout": 1800,
+        "spark_rows": 10**6, "spark_timeout": 1200,
     },
 }
 SEED = 42
@@ -511,6 +528,147 @@ def bench_e2e(rows: list[int], tmp: Path, trials: int, timeout: float) -> dict[s
 
 
 # --------------------------------------------------------------------------------------
+# Scale (DuckDB out of core) and Spark local mode
+# --------------------------------------------------------------------------------------
+
+#: Decimal and binary units DuckDB accepts in ``memory_limit``.
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+#: Disk a log of one row needs at the most (Parquet log ~10 B, spill and output), for the
+#: free-space check before a scale run.
+DISK_BYTES_PER_ROW = 80
+
+
+def limit_bytes(limit: str) -> int:
+    """Bytes of a DuckDB memory limit such as ``4GB`` (10^9) or ``2GiB`` (2^30)."""
+    match = re.fullmatch(r"\s*([\d.]+)\s*([a-zA-Z]*)\s*", str(limit))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a memory limit: {limit!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower() or "b"])
+
+
+def _run_worker(task: list[str], tmp: Path, name: str, timeout: float) -> dict[str, Any]:
+    """``python -m clv_training.bench.worker <task>`` under ``/usr/bin/time -v``.
+
+    The worker runs in its own process group, so a timeout stops it and its children (the
+    Spark JVM) together. Returns the worker's JSON result with the process's wall time and
+    peak memory; a killed or crashed worker gets status ``oom`` (SIGKILL, what the kernel's
+    OOM killer sends), ``timeout`` or ``error``.
+    """
+    result = tmp / f"{name}.json"
+    result.unlink(missing_ok=True)
+    command = ["/usr/bin/time", "-v", str(BIN / "python"), "-m", "clv_training.bench.worker",
+               *task, "--result", str(result)]
+    logger.info("worker %s: %s", name, shlex.join(command))
+    log_file = tmp / f"{name}.log"
+    started = time.perf_counter()
+    with log_file.open("w") as sink:
+        proc = subprocess.Popen(command, cwd=ROOT, env=_env(tmp / "unused_mlruns"),
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+            os.killpg(proc.pid, 9)  # the group this call started, and only it
+            proc.wait(30)
+    wall = time.perf_counter() - started
+    text = log_file.read_text(errors="replace")
+    timing = _parse_time_v(text)
+    entry: dict[str, Any] = {}
+    if result.exists():
+        entry.update(json.loads(result.read_text()))
+    if code is None:
+        entry.update(status="timeout", error=f"stopped after {timeout:.0f} s")
+    elif not result.exists():
+        tail = "\n".join([ln for ln in text.splitlines() if ln.strip()][-15:])
+        killed = "terminated by signal 9" in text or code in (-9, 137)
+        entry.update(status="oom" if killed else "error",
+                     error=f"worker exited with {code} and no result:\n{tail}")
+    entry["process_wall_seconds"] = wall
+    entry.update(timing)
+    return entry
+
+
+def chunked_log(tmp: Path, n_rows: int, timeout: float) -> tuple[Path, dict[str, Any]]:
+    """The chunked Parquet log of ``n_rows`` rows (seed :data:`SEED`) under ``tmp``,
+    written by a worker process (so its peak memory is measured)."""
+    path = tmp / f"chunked_log_{n_rows}.parquet"
+    found = _run_worker(["generate", "--log", str(path), "--rows", str(n_rows),
+                         "--seed", str(SEED),
+                         "--chunk-rows", str(generator.CHUNK_ROWS)], tmp,
+                        f"generate_{n_rows}", timeout)
+    if found.get("status") != "ok":
+        raise RuntimeError(f"generating {n_rows} rows failed: {found.get('error')}")
+    return path, found
+
+
+def bench_scale(rows: list[int], limits: list[str], tmp: Path, timeout: float
+                ) -> dict[str, Any]:
+    """The full feature set on DuckDB reading a Parquet log, per size and memory limit.
+
+    Each run is a fresh worker process under ``/usr/bin/time -v`` with its own spill folder
+    under ``tmp``; the features go to a Parquet file, which is removed after its size is
+    recorded (as are the spill folder and, after its runs, the log).
+    """
+    out: dict[str, Any] = {"timeout_seconds": timeout, "memory_limits": list(limits),
+                           "folder": str(tmp), "sizes": {}}
+    for n in rows:
+        free = shutil.disk_usage(tmp).free
+        entry: dict[str, Any] = {"disk_free_bytes_before": free,
+                                 "disk_needed_bytes_estimate": n * DISK_BYTES_PER_ROW}
+        out["sizes"][str(n)] = entry
+        if free < n * DISK_BYTES_PER_ROW:
+            entry["status"] = "skipped"
+            entry["error"] = (f"{free / 2**30:.1f} GiB free in {tmp}, about "
+                              f"{n * DISK_BYTES_PER_ROW / 2**30:.1f} GiB needed")
+            continue
+        path, entry["generator"] = chunked_log(tmp, n, timeout)
+        entry["runs"] = {}
+        try:
+            for limit in limits:
+                spill = tmp / f"spill_{n}_{limit}"
+                features = tmp / f"features_{n}_{limit}.parquet"
+                logger.info("scale: %d rows, memory limit %s", n, limit)
+                found = _run_worker(["duckdb", "--log", str(path), "--memory-limit", limit,
+                                     "--spill-dir", str(spill), "--out", str(features)],
+                                    tmp, f"scale_{n}_{limit}", timeout)
+                found["memory_limit_bytes"] = limit_bytes(limit)
+                rss = found.get("max_rss_gib")
+                found["rss_within_limit"] = (None if rss is None
+                                             else bool(rss * 2**30 <= limit_bytes(limit)))
+                found["spill_left_bytes"] = worker_folder_bytes(spill)
+                entry["runs"][limit] = found
+                shutil.rmtree(spill, ignore_errors=True)
+                features.unlink(missing_ok=True)
+        finally:
+            path.unlink(missing_ok=True)
+        entry["disk_free_bytes_after"] = shutil.disk_usage(tmp).free
+    return out
+
+
+def worker_folder_bytes(folder: Path) -> int:
+    """Bytes under ``folder`` (see :func:`clv_training.bench.worker.folder_bytes`)."""
+    from clv_training.bench.worker import folder_bytes
+
+    return folder_bytes(folder)
+
+
+def bench_spark(n_rows: int, tmp: Path, timeout: float, master: str = "local[2]"
+                ) -> dict[str, Any]:
+    """Spark local-mode features on a generated log, with a parity check against DuckDB."""
+    path, generated = chunked_log(tmp, n_rows, timeout)
+    try:
+        found = _run_worker(["spark", "--log", str(path), "--master", master], tmp,
+                            f"spark_{n_rows}", timeout)
+    finally:
+        path.unlink(missing_ok=True)
+    # Limitation: peak RSS is the Python driver's (``/usr/bin/time`` follows the worker,
+    # not the JVM it starts), so it says little about Spark's memory.
+    found["driver_max_rss_gib"] = found.pop("max_rss_gib", None)
+    return {"timeout_seconds": timeout, "generator": generated, "sizes": {str(n_rows): found}}
+
+
+# --------------------------------------------------------------------------------------
 # Serving
 # --------------------------------------------------------------------------------------
 
@@ -687,25 +845,66 @@ def _quality_md(name: str, table: dict, goal: dict, champion: str) -> list[str]:
     return lines
 
 
+def _provenance(results: dict[str, Any], section: str) -> dict[str, Any]:
+    """The run that produced ``section`` (the file's own run for files without it)."""
+    found = results.get("provenance", {}).get(section)
+    if found:
+        return found
+    return {"date": results.get("date"), "command": results.get("command"),
+            "git_commit": results.get("git_commit")}
+
+
+def _provenance_line(results: dict[str, Any], section: str) -> list[str]:
+    p = _provenance(results, section)
+    commit = (p.get("git_commit") or "-")[:12]
+    return [f"_Measured by the run of {p.get('date')} at commit `{commit}`: "
+            f"`{p.get('command')}`._", ""]
+
+
+def _machine_line(m: dict[str, Any]) -> str:
+    return f"{m['cores']} cores, {m['ram_gib']} GiB RAM, {m['cpu_model']}"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
-    """RESULTS.md: the machine, the command, and one table per section."""
+    """RESULTS.md: the machine, the runs, and one table per section with its provenance."""
     m = results["machine"]
+    present = [s for s in SECTIONS if s in results or s in results.get("errors", {})]
     lines = [
         f"# Benchmark results ({results['size']})", "",
-        f"- date: {results['date']}",
-        f"- command: `{results['command']}`",
-        f"- git commit: {results.get('git_commit')}",
-        f"- machine: {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['cpu_model']}",
+        f"- machine: {_machine_line(m)}",
         f"- python {m['python']}; " + ", ".join(
             f"{k} {v}" for k, v in m["packages"].items() if v),
-        f"- total bench time: {_fmt(results.get('total_seconds'))} s", "",
-        "Every number below comes from this run; sections that did not run say so.", "",
+        f"- last run: {results['date']}, `{results['command']}`, git commit "
+        f"{results.get('git_commit')}, {_fmt(results.get('total_seconds'))} s", "",
+        "Each section comes from the run named under its heading; sections that did not "
+        "run say so. The file merges runs: a run replaces only the sections it ran.", "",
     ]
+    rows = []
+    for section in present:
+        p = _provenance(results, section)
+        rows.append([section, p.get("date"), (p.get("git_commit") or "-")[:12],
+                     p.get("command"), p.get("seconds")])
+    lines += _table(["section", "run date", "git commit", "command", "section s"], rows)
+    lines.append("")
+    commits = {(_provenance(results, s).get("git_commit") or "-") for s in present}
+    if len(commits) > 1:
+        lines += ["Sections come from different commits: each measures the code of its own "
+                  "commit (`git log <commit>..HEAD` shows what changed since).", ""]
+    machines = {_machine_line(r["machine"]) for r in results.get("runs", [])
+                if r.get("machine")}
+    if len(machines) > 1:
+        lines += [f"The runs were on different machines: {sorted(machines)}.", ""]
+    for r in results.get("runs", []):
+        if r.get("load_average_at_start"):
+            load = ", ".join(f"{v:.2f}" for v in r["load_average_at_start"])
+            lines += [f"- load average (1, 5, 15 min) at the start of the run of "
+                      f"{r['date']}: {load} on {m['cores']} shared cores"]
     lines += [f"- note: {n}" for n in results.get("notes", [])] + [""]
     errors = results.get("errors", {})
     q = results.get("quality")
     lines += ["## Quality (CDNOW)", ""]
     if q:
+        lines += _provenance_line(results, "quality")
         c = q["cutoffs"]
         lines += [
             f"Data `{q['data']}`, horizon {q['horizon_days']} days, {q['n_trials']} Optuna "
@@ -745,6 +944,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     sp = results.get("speed")
     lines += ["## Feature building speed", ""]
     if sp:
+        lines += _provenance_line(results, "speed")
         lines += [
             "Generated logs (seed 42, `clv_training.bench.generator`); every implementation "
             "runs in its own fresh process (reading the Parquet file is not timed) at the "
@@ -775,6 +975,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     e2e = results.get("e2e")
     lines += ["## End to end (training job on generated logs)", ""]
     if e2e:
+        lines += _provenance_line(results, "e2e")
         lines += [
             f"`python -m clv_training.jobs.train data=csv data.path=<log.parquet> "
             f"tuning.n_trials={e2e['n_trials']}` in a subprocess under `/usr/bin/time -v` "
@@ -810,6 +1011,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     sv = results.get("serving")
     lines += ["## Serving", ""]
     if sv:
+        lines += _provenance_line(results, "serving")
         lines += [f"`{sv['command']}` on the quality run's champion; JSON `dataframe_split` "
                   "with customer_id, timestamp, amount (all rows of the chosen customers). "
                   "One-customer requests draw a new random customer for every request; "
@@ -830,7 +1032,114 @@ def render_markdown(results: dict[str, Any]) -> str:
                           f"left out of the latency figures: {r['failed_requests']}.", ""]
     else:
         lines += [f"Not run. {errors.get('serving', '')}", ""]
+    lines += _scale_md(results.get("scale"), results, errors.get("scale", ""))
+    lines += _spark_md(results.get("spark"), results, errors.get("spark", ""))
     return "\n".join(lines) + "\n"
+
+
+def _gib(value: Any) -> float | None:
+    return None if value is None else float(value) / 2**30
+
+
+def _scale_md(sc: dict[str, Any] | None, results: dict[str, Any], error: str) -> list[str]:
+    lines = ["## Scale: features out of core on DuckDB", ""]
+    if not sc:
+        return lines + [f"Not run. {error}", ""]
+    lines += _provenance_line(results, "scale")
+    lines += [
+        "A generated log (seed 42, written in chunks of whole customers by "
+        "`generator.write_rows_parquet`, one Parquet file) is read by `DuckDBEngine` "
+        "(`engine.read_parquet`, never loaded into pandas) in a fresh process under "
+        "`/usr/bin/time -v`; the full feature set at the log's last day is written to "
+        "Parquet (`engine.to_parquet`). `seconds` is the feature query alone (read, "
+        "aggregate, sort, write); `process s` adds start-up, imports and a first scan for "
+        "the cutoff. Peak RSS is the whole process's; DuckDB's `memory_limit` caps its "
+        "buffer manager, not the process. Spill = the largest size of DuckDB's temporary "
+        "folder, polled every 0.2 s (a lower bound). Timeout per process: "
+        f"{sc['timeout_seconds']} s.", "",
+        "Goal (#5): 10^8 transactions through feature building without running out of "
+        "memory, i.e. the run finishes (status ok) under each memory limit.", "",
+    ]
+    rows = []
+    for n, entry in sc["sizes"].items():
+        for limit, r in entry.get("runs", {}).items():
+            rows.append([int(n), limit, r.get("status"), r.get("seconds"),
+                         r.get("rows_per_second"), r.get("max_rss_gib"),
+                         r.get("rss_within_limit"), _gib(r.get("spill_peak_bytes")),
+                         r.get("customers"), r.get("process_wall_seconds")])
+    lines += _table(["rows", "memory limit", "status", "seconds", "rows/s", "peak RSS GiB",
+                     "RSS <= limit", "spill peak GiB", "customers", "process s"], rows)
+    lines.append("")
+    for n, entry in sc["sizes"].items():
+        g = entry.get("generator")
+        if g:
+            lines.append(
+                f"- {int(n):,} rows: the log has {_fmt(g.get('rows'))} rows of "
+                f"{_fmt(g.get('customers'))} customers in {_fmt(g.get('chunks'))} chunks, "
+                f"{_fmt(_gib(g.get('bytes')))} GiB of Parquet, written in "
+                f"{_fmt(g.get('seconds'))} s at {_fmt(g.get('max_rss_gib'))} GiB peak RSS. "
+                f"Disk: {_fmt(_gib(entry.get('disk_free_bytes_before')))} GiB free before, "
+                f"about {_fmt(_gib(entry.get('disk_needed_bytes_estimate')))} GiB needed "
+                "(log + spill + output), all removed afterwards.")
+        if entry.get("status") == "skipped":
+            lines.append(f"- {int(n):,} rows skipped: {entry.get('error')}")
+        for limit, r in entry.get("runs", {}).items():
+            out = r.get("output_bytes")
+            if r.get("status") == "ok" and int(n) >= 10**8:
+                lines.append(f"- Goal 10^8 rows within {limit}: met ({_fmt(r['seconds'])} s, "
+                             f"{_fmt(r.get('max_rss_gib'))} GiB peak RSS, "
+                             f"{_fmt(_gib(r.get('spill_peak_bytes')))} GiB spilled).")
+            elif int(n) >= 10**8:
+                lines.append(f"- Goal 10^8 rows within {limit}: NOT met ({r.get('status')}).")
+            if out:
+                lines.append(f"- {int(n):,} rows at {limit}: features file "
+                             f"{_fmt(_gib(out))} GiB, {_fmt(r.get('feature_columns'))} "
+                             f"feature columns, {_fmt(r.get('threads'))} DuckDB threads.")
+            if r.get("status") != "ok":
+                lines += ["", f"{int(n):,} rows at {limit} {r.get('status')}:", "", "```",
+                          str(r.get("error", "")), "```"]
+    return lines + [""]
+
+
+def _spark_md(spk: dict[str, Any] | None, results: dict[str, Any], error: str) -> list[str]:
+    lines = ["## Spark local mode", ""]
+    if not spk:
+        return lines + [f"Not run. {error}", ""]
+    lines += _provenance_line(results, "spark")
+    lines += [
+        "The same feature expressions on `SparkEngine` (Ibis PySpark backend) in a fresh "
+        "process, on a generated log (seed 42, chunked writer). In order: session start-up; "
+        "pandas frame -> Spark (`engine.table` + a count, so the rows have moved); the "
+        "features from it, cold (first query of the session) and again warm; the Parquet "
+        "file read by Spark (`engine.read_parquet` + a count); the features from it; then "
+        "DuckDB on the same pandas frame, and the frames compared exactly. rows/s is for "
+        "the warm run. No goal: the figure is what #7 asks for.", "",
+    ]
+    rows = []
+    for n, r in spk["sizes"].items():
+        rows.append([int(n), r.get("master"), r.get("status"), r.get("startup_seconds"),
+                     r.get("frame_to_spark_seconds"), r.get("parquet_to_spark_seconds"),
+                     r.get("features_seconds_cold"), r.get("features_seconds"),
+                     r.get("rows_per_second"), r.get("features_from_parquet_seconds"),
+                     r.get("duckdb_features_seconds"), r.get("identical_to_duckdb"),
+                     r.get("max_abs_difference")])
+    lines += _table(["rows", "master", "status", "start-up s", "pandas->Spark s",
+                     "Parquet->Spark s", "features s (cold)", "features s (warm)", "rows/s",
+                     "features from Parquet s", "DuckDB s", "identical to DuckDB",
+                     "max abs diff"], rows)
+    lines.append("")
+    for n, r in spk["sizes"].items():
+        if r.get("status") == "ok":
+            lines.append(
+                f"- {int(n):,} rows, {_fmt(r.get('customers'))} customers; features from "
+                f"the Parquet file identical to DuckDB: "
+                f"{_fmt(r.get('parquet_identical_to_duckdb'))} (max abs diff "
+                f"{_fmt(r.get('parquet_max_abs_difference'))}); Spark {r.get('spark_version')}"
+                f"; process {_fmt(r.get('process_wall_seconds'))} s.")
+        else:
+            lines += [f"{int(n):,} rows {r.get('status')}:", "", "```",
+                      str(r.get("error", "")), "```"]
+    return lines + [""]
 
 
 def _git_commit() -> str | None:
@@ -841,45 +1150,112 @@ def _git_commit() -> str | None:
         return None
 
 
+def load_results(path: Path) -> dict[str, Any]:
+    """An earlier results file, with per-section provenance (filled in for old files).
+
+    A file written before sections carried their own provenance came from one run: its
+    top-level date, command and git commit are given to each section it holds.
+    """
+    if not path.exists():
+        return {}
+    found = json.loads(path.read_text())
+    provenance = found.setdefault("provenance", {})
+    legacy = {"date": found.get("date"), "command": found.get("command"),
+              "git_commit": found.get("git_commit")}
+    for section in SECTIONS:
+        if section in found and section not in provenance:
+            provenance[section] = dict(legacy)
+    if not found.get("runs") and provenance:
+        found["runs"] = [{**legacy, "sections": [s for s in SECTIONS if s in found],
+                          "total_seconds": found.get("total_seconds"),
+                          "machine": found.get("machine")}]
+    return found
+
+
+def merge_results(old: dict[str, Any], new: dict[str, Any], ran: list[str]) -> dict[str, Any]:
+    """``old`` with the sections in ``ran`` replaced by ``new``'s (pure: no file access).
+
+    Sections that did not run keep their results, provenance and errors; the top-level
+    date, command, commit and machine become the new run's; ``runs`` lists every run whose
+    sections are still in the file.
+    """
+    merged = {k: v for k, v in old.items() if k not in ran}
+    for section in ran:
+        if section in new:
+            merged[section] = new[section]
+    for key in ("size", "date", "command", "git_commit", "machine", "total_seconds"):
+        merged[key] = new[key]
+    merged["settings"] = {**old.get("settings", {}), **new.get("settings", {})}
+    merged["notes"] = list(dict.fromkeys(old.get("notes", []) + new.get("notes", [])))
+    errors = {k: v for k, v in old.get("errors", {}).items() if k not in ran}
+    merged["errors"] = {**errors, **new.get("errors", {})}
+    provenance = {k: v for k, v in old.get("provenance", {}).items() if k not in ran}
+    provenance.update(new.get("provenance", {}))
+    merged["provenance"] = provenance
+    runs = [r for r in old.get("runs", []) if any(
+        provenance.get(s, {}).get("date") == r.get("date") for s in r.get("sections", []))]
+    merged["runs"] = runs + new.get("runs", [])
+    return merged
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the chosen sections and write the results files."""
+    """Run the chosen sections and merge them into the results files.
+
+    Sections that did not run keep the figures (and provenance) of the run that made
+    them; ``--fresh`` starts from an empty file instead.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="quick")
-    parser.add_argument("--sections", default="quality,serving,speed,e2e")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--out-dir", default=str(ROOT / "bench"))
     parser.add_argument("--keep-tmp", action="store_true")
+    parser.add_argument("--fresh", action="store_true",
+                        help="do not keep the sections of the existing results file")
+    parser.add_argument("--tmp-dir", default=None,
+                        help="parent folder of the temporary folder (default: the system's)")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite RESULTS*.md from the existing results*.json; no runs")
     args = parser.parse_args(argv)
     suffix = "" if args.size == "full" else f"-{args.size}"
+    out_dir = Path(args.out_dir)
     if args.render_only:
-        out_dir = Path(args.out_dir)
-        found = json.loads((out_dir / f"results{suffix}.json").read_text())
+        found = load_results(out_dir / f"results{suffix}.json")
         q = found.get("quality")
         if q:  # goal checks are derived from the tables: recompute with the current rule
             q["temporal_goal"] = goals(q["temporal"], q["champion"])
             q["customer_split_goal"] = goals(q["customer_split"]["table"], q["champion"])
-            _write_json(found, out_dir, suffix)
-        (out_dir / f"RESULTS{suffix}.md").write_text(render_markdown(found))
+        _write(found, out_dir, suffix)
         return found
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     size = SIZES[args.size]
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    tmp = Path(tempfile.mkdtemp(prefix=f"clv-bench-{args.size}-"))
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
+    old = {} if args.fresh else load_results(out_dir / f"results{suffix}.json")
+    if old.get("size", args.size) != args.size:
+        raise ValueError(f"{out_dir}/results{suffix}.json holds size {old['size']!r}")
+    tmp = Path(tempfile.mkdtemp(prefix=f"clv-bench-{args.size}-", dir=args.tmp_dir))
     started = time.perf_counter()
     command = "make bench" if args.size == "full" else "make bench-quick"
     if argv is not None or sys.argv[1:] != ["--size", args.size]:
         command += f"  (python -m clv_training.bench.run {shlex.join(sys.argv[1:])})"
+    date = dt.datetime.now().isoformat(timespec="seconds")
+    commit = _git_commit()
+    run_info = {"date": date, "command": command, "git_commit": commit,
+                "sections": sections, "load_average_at_start": list(os.getloadavg())}
     results: dict[str, Any] = {
-        "size": args.size, "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "command": command, "git_commit": _git_commit(), "machine": machine_info(),
-        "settings": size, "errors": {},
+        "size": args.size, "date": date, "command": command, "git_commit": commit,
+        "machine": machine_info(), "settings": size, "errors": {}, "provenance": {},
+        "runs": [run_info],
     }
+    run_info["machine"] = results["machine"]
     store, tx = None, None
     try:
         for section in sections:
             logger.info("bench section %s", section)
+            section_started = time.perf_counter()
             try:
                 if section == "quality":
                     found = bench_quality(size, tmp)
@@ -896,19 +1272,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         raise RuntimeError("serving needs the quality section's store")
                     results["serving"] = bench_serving(store, tx, size["serve_customers"],
                                                        size["serve_single_requests"], tmp)
-                else:
-                    raise ValueError(f"unknown section {section!r}")
+                elif section == "scale":
+                    results["scale"] = bench_scale(size["scale_rows"],
+                                                   size["scale_memory_limits"], tmp,
+                                                   size["scale_timeout"])
+                elif section == "spark":
+                    results["spark"] = bench_spark(size["spark_rows"], tmp,
+                                                   size["spark_timeout"])
             except Exception as error:  # noqa: BLE001 - one section failing is recorded
                 logger.exception("section %s failed", section)
                 results["errors"][section] = f"{type(error).__name__}: {error}"
-            results["total_seconds"] = time.perf_counter() - started
-            _write(results, Path(args.out_dir), suffix)
+            results["provenance"][section] = {
+                "date": date, "command": command, "git_commit": commit,
+                "seconds": time.perf_counter() - section_started,
+            }
+            results["total_seconds"] = run_info["total_seconds"] = (
+                time.perf_counter() - started)
+            _write(merge_results(old, results, sections[: sections.index(section) + 1]),
+                   out_dir, suffix)
     finally:
         if not args.keep_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             logger.info("kept %s", tmp)
-    return results
+    return merge_results(old, results, sections)
 
 
 def _write_json(results: dict[str, Any], out_dir: Path, suffix: str) -> None:
