@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +26,27 @@ from clv_training.data.contract import (
 )
 from clv_training.features.btyd import btyd_columns
 from clv_training.features.build import build_features
+from clv_training.features.engine import DuckDBEngine
 from clv_training.intervals import ConformalIntervals
 from clv_training.models.base import CLVModel
 from clv_training.models.churn import ChurnModel
 from clv_training.segments import SegmentRule, trend_labels
 
 log = logging.getLogger(__name__)
+
+# One DuckDB engine per serving thread and feature settings: opening a connection costs
+# more than scoring a small request. Each request's rows are dropped after use.
+_ENGINES = threading.local()
+
+
+def _serving_engine(cfg: FeaturesConfig) -> DuckDBEngine:
+    engines = getattr(_ENGINES, "by_config", None)
+    if engines is None:
+        engines = _ENGINES.by_config = {}
+    key = (cfg.duckdb_memory_limit, cfg.duckdb_temp_directory)
+    if key not in engines:
+        engines[key] = DuckDBEngine(cfg)
+    return engines[key]
 
 OUTPUT_COLUMNS = [
     "customer_id",
@@ -161,7 +177,10 @@ class CLVPipeline:
             min_customers=0,
         )
         cutoff = prepared.observation_end
-        features = build_features(prepared.transactions, cutoff, self.features_config())
+        cfg = self.features_config()
+        features = build_features(
+            prepared.transactions, cutoff, cfg, engine=_serving_engine(cfg)
+        )
         if features.empty:
             scored = pd.DataFrame(columns=OUTPUT_COLUMNS)
         else:

@@ -113,20 +113,30 @@ def _session(
 ) -> Iterator[tuple[FeatureEngine, Table]]:
     """Yield an engine and ``transactions`` as one of its tables.
 
-    An engine (or DuckDB connection) passed in stays open; one opened here is closed.
+    An engine (or DuckDB connection) passed in stays open, without the table made here;
+    one opened here is closed.
     """
     if engine is not None and con is not None:
         raise ValueError("give either engine or con, not both")
     own = engine is None
     eng = open_engine(cfg or FeaturesConfig(), con=con) if own else engine
+    made = None
     try:
         if isinstance(transactions, Table):
             yield eng, transactions
         else:
-            yield eng, eng.table(select_rows(transactions))
+            made = eng.table(select_rows(transactions))
+            yield eng, made
     finally:
         if own:
             eng.close()
+        elif made is not None:
+            eng.drop(made)
+
+
+def _shape(cfg: FeaturesConfig) -> tuple:
+    """What in ``cfg`` shapes the feature query (the key of its compiled form)."""
+    return tuple(expr.windows(cfg)), int(cfg.trend_window_days)
 
 
 def _to_features(result: pd.DataFrame, cfg: FeaturesConfig) -> pd.DataFrame:
@@ -234,7 +244,10 @@ def build_features(
     """
     cutoff = _as_day(cutoff, "cutoff")
     with _session(transactions, cfg, con, engine) as (eng, rows):
-        result = eng.to_pandas(expr.features(rows, cutoff.date(), cfg))
+        day = cutoff.date()
+        result = eng.run(
+            lambda t: expr.features(t, day, cfg), rows, ("features", day, _shape(cfg))
+        )
     features = _to_features(result, cfg) if len(result) else _empty(cfg)
     logger.debug("features at %s: %d customers", cutoff.date(), len(features))
     return _add_extra(features, cutoff, extra)
@@ -272,7 +285,9 @@ def build_occasions(
     """
     until = None if cutoff is None else _as_day(cutoff, "cutoff").date()
     with _session(transactions, cfg, con, engine) as (eng, rows):
-        result = eng.to_pandas(expr.occasion_table(rows, until))
+        result = eng.run(
+            lambda t: expr.occasion_table(t, until), rows, ("occasions", until)
+        )
     result = result[[CUSTOMER_ID, DAY, AMOUNT, N_ROWS]]
     result[CUSTOMER_ID] = result[CUSTOMER_ID].astype(str)
     result[DAY] = pd.to_datetime(result[DAY]).astype("datetime64[ns]")
@@ -320,7 +335,8 @@ def build_targets(
     cutoff = _as_day(cutoff, "cutoff")
     end = cutoff + pd.Timedelta(days=int(horizon_days))
     with _session(transactions, cfg, con, engine) as (eng, rows):
-        result = eng.to_pandas(expr.targets(rows, cutoff.date(), end.date()))
+        day, last = cutoff.date(), end.date()
+        result = eng.run(lambda t: expr.targets(t, day, last), rows, ("targets", day, last))
     result[CUSTOMER_ID] = result[CUSTOMER_ID].astype(str)
     targets = result.set_index(CUSTOMER_ID)[[TARGET_SPEND, TARGET_OCCASIONS]]
     return targets.astype(np.float64).sort_index()
