@@ -111,6 +111,18 @@ def data_digest(transactions: pd.DataFrame) -> str:
     return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
 
 
+def frame_digest(frame: pd.DataFrame, by: list[str]) -> str:
+    """A short content hash of a frame's values, sorted by the ``by`` columns.
+
+    Two runs whose example rows hash alike trained on identical features (the check that
+    ``engine=spark`` and ``engine=duckdb`` agree).
+    """
+    ordered = frame.sort_values(by, kind="mergesort").reset_index(drop=True)
+    hashed = pd.util.hash_pandas_object(ordered, index=False).to_numpy()
+    header = "\x1f".join(map(str, ordered.columns)).encode()
+    return hashlib.sha256(header + hashed.tobytes()).hexdigest()[:16]
+
+
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Flatten a nested mapping into ``a.b.c`` keys with string values (MLflow params)."""
     flat: dict[str, str] = {}

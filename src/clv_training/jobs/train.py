@@ -45,7 +45,13 @@ from clv_training.models.churn import ChurnModel
 from clv_training.pipeline import CLVPipeline
 from clv_training.segments import SegmentRule
 from clv_training.serving import input_example, load_and_check, log_pipeline
-from clv_training.split import CutoffPlan, is_calibration_customer, make_examples, plan_cutoffs
+from clv_training.split import (
+    CUTOFF,
+    CutoffPlan,
+    is_calibration_customer,
+    make_examples,
+    plan_cutoffs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -418,6 +424,8 @@ class Prepared:
     digest: str
     features: FeaturesConfig
     btyd_hook: BTYDFeatures | None
+    # Hash of every example row (features, targets): equal across engines.
+    features_digest: str = ""
 
     @property
     def tx(self) -> pd.DataFrame:
@@ -458,7 +466,13 @@ def prepare(cfg: DictConfig) -> Prepared:
         examples[CUSTOMER_ID], float(cfg.split.calibration_fraction), int(cfg.seed)
     )
     windows = Windows(plan=plan, examples=examples)
-    return Prepared(prepared, plan, windows, tracking.data_digest(tx), feat_cfg, btyd_hook)
+    features_digest = tracking.frame_digest(examples, [CUTOFF, CUSTOMER_ID])
+    log.info("example rows: %d (features digest %s, engine %s)", len(examples),
+             features_digest, feat_cfg.engine)
+    return Prepared(
+        prepared, plan, windows, tracking.data_digest(tx), feat_cfg, btyd_hook,
+        features_digest,
+    )
 
 
 def open_storage(cfg: DictConfig):
@@ -487,6 +501,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tags = {
         "git_commit": tracking.git_commit(root),
         "data_digest": digest,
+        "features_digest": data.features_digest,
+        "features_engine": str(feat_cfg.engine),
         "dataset": str(cfg.data.name),
         "cutoff_test": str(plan.test.date()),
         "cutoff_validation": str(plan.validation.date()),
