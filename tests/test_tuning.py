@@ -61,9 +61,12 @@ def test_same_seed_gives_the_same_trials(tmp_path, mlflow_store):
     assert [t.params for t in a.trials] == [t.params for t in b.trials]
 
 
-def test_sqlite_storage_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="not safe for several workers"):
+def test_sqlite_storage_is_refused_saying_why_and_what_to_use(tmp_path):
+    with pytest.raises(ValueError, match="not safe for several workers") as refused:
         tuning.make_storage(f"sqlite:///{tmp_path}/o.db", tmp_path)
+    message = str(refused.value)
+    assert "evaluated trials twice" in message
+    assert "tuning.storage=null" in message and "postgresql://" in message
 
 
 def test_study_name_is_a_safe_string():
