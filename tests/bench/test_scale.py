@@ -175,7 +175,7 @@ def test_render_markdown_shows_new_tables_and_each_provenance():
     ok = {"status": "ok", "seconds": 41.8, "rows_per_second": 2.39e6, "max_rss_gib": 3.1,
           "rss_within_limit": True, "spill_peak_bytes": 2**31, "customers": 13_400_000,
           "process_wall_seconds": 50.0, "output_bytes": 2**30, "feature_columns": 20,
-          "threads": 2}
+          "threads": 2, "memory_limit_bytes": 4 * 10**9}
     results = {
         "size": "full", "date": "2026-02-02", "command": "make bench", "git_commit": "b" * 40,
         "machine": run.machine_info(), "errors": {}, "total_seconds": 1.0,
@@ -200,8 +200,9 @@ def test_render_markdown_shows_new_tables_and_each_provenance():
     text = run.render_markdown(results)
     assert "| 100,000,000 | 4GB | ok | 41.8 |" in text
     assert "| 100,000,000 | 2GB | oom |" in text
-    assert "Goal 10^8 rows within 4GB: met" in text
-    assert "Goal 10^8 rows within 2GB: NOT met (oom)" in text
+    assert "Goal 10^8 rows with memory_limit=4GB: met, no out-of-memory" in text
+    assert "peaked at 3.1 GiB RSS, below the limit's 3.725 GiB" in text
+    assert "Goal 10^8 rows with memory_limit=2GB: NOT met (oom)" in text
     assert "| 1,000,000 | local[2] | ok | 9 | 12 | 3 | 20 | 10 |" in text
     assert "| yes | 0 |" in text  # identical, max abs diff 0
     assert "at commit `aaaaaaaaaaaa`: `old`" in text  # speed keeps its own run

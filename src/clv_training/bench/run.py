@@ -561,6 +561,7 @@ def _run_worker(task: list[str], tmp: Path, name: str, timeout: float) -> dict[s
                *task, "--result", str(result)]
     logger.info("worker %s: %s", name, shlex.join(command))
     log_file = tmp / f"{name}.log"
+    load_before = list(os.getloadavg())
     started = time.perf_counter()
     with log_file.open("w") as sink:
         proc = subprocess.Popen(command, cwd=ROOT, env=_env(tmp / "unused_mlruns"),
@@ -586,6 +587,9 @@ def _run_worker(task: list[str], tmp: Path, name: str, timeout: float) -> dict[s
                      error=f"worker exited with {code} and no result:\n{tail}")
     entry["process_wall_seconds"] = wall
     entry.update(timing)
+    # Other jobs on the shared cores slow a run down: the load average says how busy.
+    entry["load_average_before"], entry["load_average_after"] = load_before, list(
+        os.getloadavg())
     return entry
 
 
@@ -857,8 +861,13 @@ def _provenance(results: dict[str, Any], section: str) -> dict[str, Any]:
 def _provenance_line(results: dict[str, Any], section: str) -> list[str]:
     p = _provenance(results, section)
     commit = (p.get("git_commit") or "-")[:12]
-    return [f"_Measured by the run of {p.get('date')} at commit `{commit}`: "
-            f"`{p.get('command')}`._", ""]
+    line = (f"_Measured by the run of {p.get('date')} at commit `{commit}`: "
+            f"`{p.get('command')}`._")
+    end = p.get("git_commit_at_end")
+    if end and end != p.get("git_commit"):
+        line += (f" The shared tree moved to `{end[:12]}` while the section ran; the "
+                 "commit is the one at the start of the run.")
+    return [line, ""]
 
 
 def _machine_line(m: dict[str, Any]) -> str:
@@ -1041,6 +1050,15 @@ def _gib(value: Any) -> float | None:
     return None if value is None else float(value) / 2**30
 
 
+def _bytes(value: Any) -> str:
+    """Bytes as GiB (or MiB below 1 GiB)."""
+    if value is None:
+        return "-"
+    if value < 2**30:
+        return f"{_fmt(float(value) / 2**20, 3)} MiB"
+    return f"{_fmt(float(value) / 2**30, 3)} GiB"
+
+
 def _scale_md(sc: dict[str, Any] | None, results: dict[str, Any], error: str) -> list[str]:
     lines = ["## Scale: features out of core on DuckDB", ""]
     if not sc:
@@ -1058,7 +1076,8 @@ def _scale_md(sc: dict[str, Any] | None, results: dict[str, Any], error: str) ->
         "folder, polled every 0.2 s (a lower bound). Timeout per process: "
         f"{sc['timeout_seconds']} s.", "",
         "Goal (#5): 10^8 transactions through feature building without running out of "
-        "memory, i.e. the run finishes (status ok) under each memory limit.", "",
+        "memory: the run finishes (status ok) under each memory limit. `RSS <= limit` "
+        "says in addition whether the whole process stayed below the limit.", "",
     ]
     rows = []
     for n, entry in sc["sizes"].items():
@@ -1075,25 +1094,30 @@ def _scale_md(sc: dict[str, Any] | None, results: dict[str, Any], error: str) ->
         if g:
             lines.append(
                 f"- {int(n):,} rows: the log has {_fmt(g.get('rows'))} rows of "
-                f"{_fmt(g.get('customers'))} customers in {_fmt(g.get('chunks'))} chunks, "
-                f"{_fmt(_gib(g.get('bytes')))} GiB of Parquet, written in "
+                f"{_fmt(g.get('customers'))} customers in {_fmt(g.get('chunks'))} chunk(s), "
+                f"{_bytes(g.get('bytes'))} of Parquet, written in "
                 f"{_fmt(g.get('seconds'))} s at {_fmt(g.get('max_rss_gib'))} GiB peak RSS. "
-                f"Disk: {_fmt(_gib(entry.get('disk_free_bytes_before')))} GiB free before, "
-                f"about {_fmt(_gib(entry.get('disk_needed_bytes_estimate')))} GiB needed "
+                f"Disk: {_bytes(entry.get('disk_free_bytes_before'))} free before, "
+                f"about {_bytes(entry.get('disk_needed_bytes_estimate'))} needed "
                 "(log + spill + output), all removed afterwards.")
         if entry.get("status") == "skipped":
             lines.append(f"- {int(n):,} rows skipped: {entry.get('error')}")
         for limit, r in entry.get("runs", {}).items():
             out = r.get("output_bytes")
             if r.get("status") == "ok" and int(n) >= 10**8:
-                lines.append(f"- Goal 10^8 rows within {limit}: met ({_fmt(r['seconds'])} s, "
-                             f"{_fmt(r.get('max_rss_gib'))} GiB peak RSS, "
-                             f"{_fmt(_gib(r.get('spill_peak_bytes')))} GiB spilled).")
+                rss, cap = r.get("max_rss_gib"), _gib(r.get("memory_limit_bytes"))
+                side = ("below" if r.get("rss_within_limit") else "ABOVE")
+                lines.append(
+                    f"- Goal 10^8 rows with memory_limit={limit}: met, no out-of-memory "
+                    f"({_fmt(r['seconds'])} s, {_bytes(r.get('spill_peak_bytes'))} "
+                    f"spilled). The whole process peaked at {_fmt(rss)} GiB RSS, {side} the "
+                    f"limit's {_fmt(cap)} GiB.")
             elif int(n) >= 10**8:
-                lines.append(f"- Goal 10^8 rows within {limit}: NOT met ({r.get('status')}).")
+                lines.append(f"- Goal 10^8 rows with memory_limit={limit}: NOT met "
+                             f"({r.get('status')}).")
             if out:
                 lines.append(f"- {int(n):,} rows at {limit}: features file "
-                             f"{_fmt(_gib(out))} GiB, {_fmt(r.get('feature_columns'))} "
+                             f"{_bytes(out)}, {_fmt(r.get('feature_columns'))} "
                              f"feature columns, {_fmt(r.get('threads'))} DuckDB threads.")
             if r.get("status") != "ok":
                 lines += ["", f"{int(n):,} rows at {limit} {r.get('status')}:", "", "```",
@@ -1140,6 +1164,16 @@ def _spark_md(spk: dict[str, Any] | None, results: dict[str, Any], error: str) -
             lines += [f"{int(n):,} rows {r.get('status')}:", "", "```",
                       str(r.get("error", "")), "```"]
     return lines + [""]
+
+
+def _uncommitted_src() -> list[str] | None:
+    """Files under ``src/`` that differ from the commit (others edit the tree meanwhile)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return [line[3:] for line in out.splitlines() if line.strip()]
 
 
 def _git_commit() -> str | None:
@@ -1242,7 +1276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if argv is not None or sys.argv[1:] != ["--size", args.size]:
         command += f"  (python -m clv_training.bench.run {shlex.join(sys.argv[1:])})"
     date = dt.datetime.now().isoformat(timespec="seconds")
-    commit = _git_commit()
+    commit, dirty = _git_commit(), _uncommitted_src()
     run_info = {"date": date, "command": command, "git_commit": commit,
                 "sections": sections, "load_average_at_start": list(os.getloadavg())}
     results: dict[str, Any] = {
@@ -1284,6 +1318,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results["errors"][section] = f"{type(error).__name__}: {error}"
             results["provenance"][section] = {
                 "date": date, "command": command, "git_commit": commit,
+                "git_commit_at_end": _git_commit(), "uncommitted_src_at_start": dirty,
                 "seconds": time.perf_counter() - section_started,
             }
             results["total_seconds"] = run_info["total_seconds"] = (
