@@ -105,7 +105,15 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> str:
     except MlflowException:
         pass  # exists already (or another job created it a moment ago)
     run_id = tags.get("run_id")
-    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+    # A logged model's URI (models:/m-<id>) must come with its model id: a SQLite store
+    # accepts it without, but a tracking server refuses the version ("Invalid model version
+    # source").
+    model_id = None
+    if model_uri.startswith("models:/m-"):
+        model_id = model_uri.removeprefix("models:/").split("/", 1)[0]
+    mv = client.create_model_version(
+        name, model_uri, run_id=run_id, tags=tags, model_id=model_id
+    )
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     log.info("registered %s version %s (alias %s)", name, mv.version, CHALLENGER)
     return str(mv.version)

@@ -37,7 +37,8 @@ def setup_mlflow(tracking_uri: str, artifact_root: str, experiment: str) -> str:
     tracking_uri : str
         ``sqlite:////abs/path/mlflow.db``; the folder is created if needed.
     artifact_root : str
-        Absolute folder for the experiment's artifacts.
+        Absolute folder for the experiment's artifacts, or a URI (``mlflow-artifacts:/clv``
+        behind a tracking server that serves artifacts, ``s3://...``) used as it is.
     experiment : str
         Experiment name, created on first use with ``artifact_root`` as its location.
     """
@@ -46,7 +47,9 @@ def setup_mlflow(tracking_uri: str, artifact_root: str, experiment: str) -> str:
         db = Path(tracking_uri.removeprefix("sqlite:///"))
         db.parent.mkdir(parents=True, exist_ok=True)
         lock_path = db.with_name(db.name + ".init.lock")
-    Path(artifact_root).mkdir(parents=True, exist_ok=True)
+    is_uri = ":/" in artifact_root and not Path(artifact_root).is_absolute()
+    if not is_uri:
+        Path(artifact_root).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -59,7 +62,10 @@ def setup_mlflow(tracking_uri: str, artifact_root: str, experiment: str) -> str:
     else:
         try:
             experiment_id = mlflow.create_experiment(
-                experiment, artifact_location=Path(artifact_root).resolve().as_uri()
+                experiment,
+                artifact_location=(
+                    artifact_root if is_uri else Path(artifact_root).resolve().as_uri()
+                ),
             )
         except mlflow.exceptions.MlflowException:
             # Another job created it between our lookup and our create.
