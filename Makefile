@@ -25,7 +25,8 @@ VERSION ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-spark train tune-worker test test-slow ui serve predict promote bench bench-quick clean
+.PHONY: help install install-spark train tune-worker test test-slow ui serve predict promote \
+	bench bench-quick bench-scale clean
 
 help: ## List every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -81,11 +82,14 @@ predict: $(STAMP) ## Score a file: make predict INPUT=tx.csv OUTPUT=out.csv [AS_
 promote: $(STAMP) ## Promote a registered version to champion: make promote VERSION=N
 	$(BIN)/python -m clv_training.jobs.promote version=$(VERSION) $(ARGS)
 
-bench: $(STAMP) $(SPARK_STAMP) ## Full benchmark (quality, speed, memory, scale); writes bench/results.json and bench/RESULTS.md
+bench: $(STAMP) $(SPARK_STAMP) ## Full benchmark (quality, serving, speed, e2e, 10^8-row scale, spark); merges into bench/results.json
 	$(BIN)/python -m clv_training.bench.run --size full $(ARGS)
 
 bench-quick: $(STAMP) $(SPARK_STAMP) ## Small benchmark run (minutes); writes bench/results-quick.json and bench/RESULTS-quick.md
 	$(BIN)/python -m clv_training.bench.run --size quick $(ARGS)
+
+bench-scale: $(STAMP) $(SPARK_STAMP) ## Only the 10^8-row DuckDB and Spark figures (needs ~8 GiB free in /tmp)
+	$(BIN)/python -m clv_training.bench.run --size full --sections scale,spark $(ARGS)
 
 clean: ## Remove caches and Hydra outputs (keeps .venv and mlruns)
 	rm -rf outputs multirun .pytest_cache .hypothesis catboost_info
