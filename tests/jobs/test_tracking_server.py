@@ -78,7 +78,8 @@ def test_train_and_a_tune_worker_share_one_tracking_server(tracking_server, tmp_
     mlflow.set_registry_uri(url)
     try:
         runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-        roles = {r.data.tags.get("role") for r in runs if "mlflow.parentRunId" not in r.data.tags}
+        top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        roles = {r.data.tags.get("role") for r in top}
         assert "tune-worker" in roles
         version = MlflowClient().get_model_version_by_alias("clv", "champion")
         assert version.version == "1"
