@@ -221,3 +221,19 @@ def test_spark_section_tiny_is_identical_to_duckdb(tmp_path):
     assert r["parquet_identical_to_duckdb"] is True and r["warm_run_identical"] is True
     assert r["startup_seconds"] > 0 and r["frame_to_spark_seconds"] > 0
     assert r["rows"] == out["generator"]["rows"] and r["customers"] > 100
+
+
+def test_merge_drops_notes_of_runs_with_no_section_left():
+    old = {"provenance": {"speed": {"date": "d1"}, "scale": {"date": "d1"}},
+           "runs": [{"date": "d1", "sections": ["speed", "scale"]}],
+           "notes": ["speed (run of d1): noisy", "scale (run of d1 at abc) moved", "a note about no run"], "speed": {}}
+    new = {"size": "full", "date": "d2", "command": "c", "git_commit": "g", "machine": {},
+           "total_seconds": 1.0, "provenance": {"speed": {"date": "d2"}},
+           "runs": [{"date": "d2", "sections": ["speed"]}], "notes": [], "speed": {}}
+    kept = run.merge_results(old, new, ["speed"])
+    assert kept["notes"] == [
+        "speed (run of d1): noisy", "scale (run of d1 at abc) moved", "a note about no run"
+    ]
+    new_scale = {**new, "provenance": {"scale": {"date": "d2"}}}
+    both = run.merge_results(kept, new_scale, ["scale"])
+    assert both["notes"] == ["a note about no run"]

@@ -1233,12 +1233,18 @@ def merge_results(old: dict[str, Any], new: dict[str, Any], ran: list[str]) -> d
     for key in ("size", "date", "command", "git_commit", "machine", "total_seconds"):
         merged[key] = new[key]
     merged["settings"] = {**old.get("settings", {}), **new.get("settings", {})}
-    merged["notes"] = list(dict.fromkeys(old.get("notes", []) + new.get("notes", [])))
     errors = {k: v for k, v in old.get("errors", {}).items() if k not in ran}
     merged["errors"] = {**errors, **new.get("errors", {})}
     provenance = {k: v for k, v in old.get("provenance", {}).items() if k not in ran}
     provenance.update(new.get("provenance", {}))
     merged["provenance"] = provenance
+    # A note about a run ("... (run of <date>) ...") goes once none of its sections is left.
+    live = {p.get("date") for p in provenance.values()}
+    notes = list(dict.fromkeys(old.get("notes", []) + new.get("notes", [])))
+    merged["notes"] = [
+        n for n in notes
+        if not (found := re.search(r"run of ([^\s)]+)", n)) or found.group(1) in live
+    ]
     runs = [r for r in old.get("runs", []) if any(
         provenance.get(s, {}).get("date") == r.get("date") for s in r.get("sections", []))]
     merged["runs"] = runs + new.get("runs", [])
