@@ -72,3 +72,17 @@ def test_sqlite_storage_is_refused_saying_why_and_what_to_use(tmp_path):
 def test_study_name_is_a_safe_string():
     name = tuning.study_name("clv", "catboost", "ab12", 42, "1997-12-30")
     assert name == "clv-catboost-ab12-seed42-1997-12-30"
+
+
+def test_train_job_refuses_sqlite_storage_before_reading_any_data(tmp_path):
+    """A refused storage fails at once, not after minutes of contract and feature work."""
+    from clv_training.jobs.train import run
+    from tests.conftest import compose_train
+
+    cfg = compose_train(
+        ["data=csv", f"data.path={tmp_path / 'absent.csv'}",
+         f"tuning.storage=sqlite:///{tmp_path / 'o.db'}"],
+        tmp_path / "mlruns",
+    )
+    with pytest.raises(ValueError, match="SQLite is not safe for several workers"):
+        run(cfg)

@@ -492,12 +492,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     root = Path(cfg.paths.root)
     metric, greater = _selection(cfg)
 
+    # Storage first: a refused tuning.storage fails before minutes of data work.
+    storage = open_storage(cfg)
     data = prepare(cfg)
     prepared, plan, windows, digest = data.prepared, data.plan, data.windows, data.digest
     tx, feat_cfg, btyd_hook = data.tx, data.features, data.btyd_hook
 
     tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.artifact_root, cfg.mlflow.experiment)
-    storage = open_storage(cfg)
     tags = {
         "git_commit": tracking.git_commit(root),
         "data_digest": digest,

@@ -76,9 +76,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         study's finished trials when the worker left it.
     """
     started = time.monotonic()
+    storage = open_storage(cfg)  # first: a refused tuning.storage fails at once
     data = prepare(cfg)
     tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.artifact_root, cfg.mlflow.experiment)
-    storage = open_storage(cfg)
     families = tuned_families(cfg)
     # Its own sampler seed, so that it does not propose the train job's parameters.
     sampler_seed = (int(cfg.seed) + zlib.crc32(tuning.WORKER_ID.encode())) % 2**31
