@@ -86,3 +86,26 @@ def test_train_job_refuses_sqlite_storage_before_reading_any_data(tmp_path):
     )
     with pytest.raises(ValueError, match="SQLite is not safe for several workers"):
         run(cfg)
+
+
+def test_postgresql_urls_use_the_pinned_driver_and_bad_storage_is_named():
+    assert tuning.rdb_url("postgresql://u:p@db:5432/o") == "postgresql+psycopg2://u:p@db:5432/o"
+    assert tuning.rdb_url("postgres://u@db/o") == "postgresql+psycopg2://u@db/o"
+    assert tuning.rdb_url("postgresql+psycopg2://u@db/o") == "postgresql+psycopg2://u@db/o"
+    with pytest.raises(ValueError, match="neither a journal file"):
+        tuning.make_storage("/tmp/studies.journal", "/tmp")
+
+
+def test_a_different_metric_or_search_space_gets_another_study(tmp_path):
+    from clv_training.jobs.train import study_setup
+    from tests.conftest import compose_train
+
+    def setup(*overrides):
+        return study_setup(compose_train(list(overrides), tmp_path / "mlruns"), "sklearn")
+
+    base = setup()
+    assert base == setup("engine=spark")  # same features on either engine: same study
+    assert base != setup("selection.metric=mae")
+    assert base != setup("models.sklearn.search.learning_rate.high=0.5")
+    assert base != setup("features.windows=[30,90]")
+    assert len(base) == 8

@@ -289,10 +289,10 @@ def postgres():
          "-c", "listen_addresses=", "-c", "fsync=off"],
         stdout=open(folder / "server.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
     )
-    url = f"postgresql+psycopg2://postgres@/postgres?host={folder}&port={port}"
+    url = f"postgresql://postgres@/postgres?host={folder}&port={port}"
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url)
+    engine = sqlalchemy.create_engine(tuning.rdb_url(url))  # the form users write
     deadline = time.monotonic() + 30
     while True:
         try:

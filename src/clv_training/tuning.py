@@ -117,9 +117,10 @@ def make_storage(
             "(workers on this machine), or give a PostgreSQL URL such as "
             "postgresql://user:password@host:5432/optuna (workers on several machines)"
         )
-    if storage.endswith(".log"):
+    if storage.lower().endswith(".log"):
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(storage))
+    storage = rdb_url(storage)
     with warnings.catch_warnings():
         # heartbeat_interval and the retry callback are marked experimental.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -131,9 +132,38 @@ def make_storage(
         )
 
 
-def study_name(prefix: str, family: str, digest: str, seed: int, window: str) -> str:
-    """One study per family, data, seed and validation window: the same job resumes it."""
-    raw = f"{prefix}-{family}-{digest}-seed{seed}-{window}"
+def rdb_url(storage: str) -> str:
+    """The SQLAlchemy URL for ``storage``, with PostgreSQL on the pinned psycopg2 driver.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3, which is not installed.
+
+    Examples
+    --------
+    >>> rdb_url("postgresql://u:p@db:5432/optuna")
+    'postgresql+psycopg2://u:p@db:5432/optuna'
+    """
+    for bare in ("postgresql://", "postgres://"):
+        if storage.startswith(bare):
+            return "postgresql+psycopg2://" + storage[len(bare):]
+    if "://" not in storage:
+        raise ValueError(
+            f"tuning.storage={storage!r} is neither a journal file (*.log) nor a database "
+            "URL; use null (mlruns/optuna/journal.log), a path ending in .log, or "
+            "postgresql://user:password@host:5432/optuna"
+        )
+    return storage
+
+
+def study_name(
+    prefix: str, family: str, digest: str, seed: int, window: str, setup: str = ""
+) -> str:
+    """One study per family, data, seed, validation window and tuning set-up.
+
+    ``setup`` is a short hash of everything else that gives a trial's value its meaning
+    (the metric and its direction, the search space, the fixed parameters, the features):
+    a process with another set-up works on another study instead of mixing its values in.
+    """
+    raw = f"{prefix}-{family}-{digest}-seed{seed}-{window}" + (f"-{setup}" if setup else "")
     return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)
 
 

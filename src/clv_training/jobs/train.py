@@ -8,6 +8,8 @@ champion. Run with ``python -m clv_training.jobs.train key=value ...``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import signal
 import time
@@ -38,6 +40,7 @@ from clv_training.evaluation import metrics as M
 from clv_training.evaluation import plots
 from clv_training.features.btyd import BTYDFeatures
 from clv_training.features.build import build_features
+from clv_training.features.engine import engine_name
 from clv_training.intervals import ConformalIntervals
 from clv_training.models import make_model
 from clv_training.models.base import CLVModel, ModelFitError
@@ -207,6 +210,32 @@ def make_objective(family: str, cfg: DictConfig, windows: Windows):
     return objective
 
 
+def study_setup(cfg: DictConfig, family: str) -> str:
+    """Short hash of what gives a trial's value its meaning, beyond data, seed and cutoff.
+
+    Two processes whose metric, search space, fixed parameters, features, split or trial
+    row cap differ get different studies; the feature engine is left out (both engines
+    give the same features, so a Spark run resumes the DuckDB run's studies).
+    """
+    features = OmegaConf.to_container(cfg.features, resolve=True)
+    for key in ("engine", "spark_master", "spark_conf", "duckdb_memory_limit",
+                "duckdb_temp_directory"):
+        features.pop(key, None)
+    model = OmegaConf.to_container(cfg.models[family], resolve=True)
+    setup = {
+        "selection": OmegaConf.to_container(cfg.selection, resolve=True),
+        "search": model.get("search"),
+        "params": model.get("params"),
+        "max_train_rows": model.get("max_train_rows"),
+        "trial_rows": cfg.tuning.max_train_rows,
+        "features": features,
+        "split": OmegaConf.to_container(cfg.split, resolve=True),
+        "horizon_days": int(cfg.horizon_days),
+    }
+    text = json.dumps(setup, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def tune_family(
     family: str,
     cfg: DictConfig,
@@ -229,7 +258,7 @@ def tune_family(
     metric, greater = _selection(cfg)
     name = tuning.study_name(
         cfg.tuning.study_prefix, family, digest, int(cfg.seed),
-        str(windows.plan.validation.date()),
+        str(windows.plan.validation.date()), study_setup(cfg, family),
     )
     best, _, study = tuning.tune(
         family,
@@ -439,13 +468,14 @@ def prepare(cfg: DictConfig) -> Prepared:
     job and in every ``make tune-worker``.
     """
     root = Path(cfg.paths.root)
+    feat_cfg = to_dataclass(FeaturesConfig, cfg.features)
+    feat_cfg.engine = engine_name(feat_cfg)  # checked before any data is read
     data_cfg = to_dataclass(DataConfig, cfg.data)
     raw = read_raw(data_cfg, root=root)
     prepared = prepare_transactions(raw, data_cfg)
     tx = prepared.transactions
     first_day = tx[TIMESTAMP].min().normalize()
     split_cfg = to_dataclass(SplitConfig, cfg.split)
-    feat_cfg = to_dataclass(FeaturesConfig, cfg.features)
     plan = plan_cutoffs(first_day, prepared.observation_end, int(cfg.horizon_days), split_cfg)
     log.info(
         "cutoffs: train %s, validation %s, test %s, observation end %s (horizon %d days)",
