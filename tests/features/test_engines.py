@@ -33,7 +33,15 @@ def _log(n_customers: int = 300, seed: int = 5) -> pd.DataFrame:
             "amount": [10.0, -2.5, 0.125, 7.0],
         }
     )
-    return pd.concat([log, edge], ignore_index=True)
+    # Amounts half way at the ninth decimal (the engines round those differently).
+    half = pd.DataFrame(
+        {
+            "customer_id": [f"half{i}" for i in range(4)],
+            "timestamp": pd.to_datetime(["2023-01-05"] * 4),
+            "amount": [281.828106335, 561.586704075, 1.5e-08, 12345.123456785],
+        }
+    )
+    return pd.concat([log, edge, half], ignore_index=True)
 
 
 def _cutoffs(log: pd.DataFrame) -> list[pd.Timestamp]:
@@ -112,3 +120,41 @@ def test_spark_gives_identical_features_targets_and_occasions():
         )
     assert on_duckdb.loc["edge", "n_occasions"] == 3.0
     assert np.isclose(on_duckdb.loc["edge", "total_spend"], 14.625)
+
+
+def test_engine_name_is_checked_and_normalised():
+    from clv_training.features.engine import engine_name
+
+    assert engine_name(FeaturesConfig(engine="")) == "duckdb"
+    assert engine_name(FeaturesConfig(engine=" DuckDB ")) == "duckdb"
+    with pytest.raises(ValueError, match="got 'SPARK_X'"):
+        engine_name(FeaturesConfig(engine="SPARK_X"))
+
+
+def test_amounts_half_way_at_the_ninth_decimal_are_rounded_before_any_engine():
+    log = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c"],
+            "timestamp": pd.to_datetime(["2020-01-01"] * 3),
+            "amount": [281.828106335, 561.586704075, 1.5e-08],
+        }
+    )
+    rows = select_rows(log)
+    assert rows["amount"].tolist() == [
+        float(np.round(281.828106335, 8)), float(np.round(561.586704075, 8)), 1e-08
+    ]
+    assert log["amount"].iloc[0] == 281.828106335  # the caller's frame is left alone
+    total = build_features(log, pd.Timestamp("2020-01-01"), CFG)["total_spend"]
+    assert total.loc["c"] == 1e-08 and total.loc["a"] == 281.82810633
+
+
+def test_train_job_refuses_an_unknown_engine_before_reading_data(tmp_path):
+    from clv_training.jobs.train import prepare
+    from tests.conftest import compose_train
+
+    cfg = compose_train(
+        ["data=csv", f"data.path={tmp_path / 'absent.csv'}", "features.engine=nope"],
+        tmp_path / "mlruns",
+    )
+    with pytest.raises(ValueError, match="features.engine must be one of"):
+        prepare(cfg)

@@ -79,7 +79,7 @@ def _as_day(value: pd.Timestamp | str, name: str) -> pd.Timestamp:
 
 
 def select_rows(transactions: pd.DataFrame) -> pd.DataFrame:
-    """Return the three columns the SQL needs, after checking they are usable.
+    """Return the three columns the features need, checked, amounts rounded to 8 decimals.
 
     A log without an ``amount`` column is a frequency-only log: its counts and days are
     what they would be with amounts (``DATA_CASES.md`` 3) and every spend feature is 0.
@@ -101,7 +101,13 @@ def select_rows(transactions: pd.DataFrame) -> pd.DataFrame:
         rows = transactions[[CUSTOMER_ID, TIMESTAMP]].copy()
         rows[AMOUNT] = 0.0
         return rows
-    return transactions[[CUSTOMER_ID, TIMESTAMP, AMOUNT]]
+    rows = transactions[[CUSTOMER_ID, TIMESTAMP, AMOUNT]].copy()
+    # Rounded to the 8 decimals the features keep, here and once for every engine: DuckDB
+    # rounds a double's exact binary value to DECIMAL(38, 8) and Spark its shortest decimal
+    # text, so an amount half way between two 8-decimal values (281.828106335) would come
+    # out 1e-8 apart on the two engines.
+    rows[AMOUNT] = np.round(rows[AMOUNT].to_numpy(dtype=np.float64), 8)
+    return rows
 
 
 @contextmanager

@@ -29,6 +29,7 @@ open_engine
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable, Hashable
@@ -38,6 +39,7 @@ from typing import Any
 import duckdb
 import ibis
 import pandas as pd
+import pyarrow as pa
 from ibis.expr.types import Table
 
 from clv_training.config import FeaturesConfig
@@ -224,6 +226,10 @@ class SparkEngine(FeatureEngine):
     name = "spark"
 
     def __init__(self, cfg: FeaturesConfig, session: Any | None = None) -> None:
+        # A local driver resolves its own address before any setting applies; pinned to
+        # loopback, it neither reaches for another interface nor warns that it did.
+        if str(cfg.spark_master).startswith("local"):
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         try:
             from pyspark.sql import SparkSession
         except ImportError as exc:  # pragma: no cover - depends on the optional pins
@@ -247,7 +253,12 @@ class SparkEngine(FeatureEngine):
         # Limitation: the rows travel from the driver's pandas frame to Spark; a log that
         # already lives in a warehouse should be read with read_parquet (or a table of the
         # session) instead.
-        rows = self.session.createDataFrame(_spark_ready(frame))
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        ready = _spark_ready(frame)
+        # An explicit schema: Spark cannot infer one from an empty frame.
+        schema = from_arrow_schema(pa.Schema.from_pandas(ready, preserve_index=False))
+        rows = self.session.createDataFrame(ready, schema=schema)
         # Spread over the executors and cached: a train run queries the same rows at every
         # cutoff (measured at 10^6 rows on local[2]: 8 s per feature query, 15 s uncached).
         parts = 2 * int(self.session.sparkContext.defaultParallelism)
@@ -304,11 +315,26 @@ def open_engine(
     FeatureEngine
         An open engine; the caller closes it.
     """
-    name = str(getattr(cfg, "engine", "duckdb") or "duckdb").lower()
+    name = engine_name(cfg)
     if name == "duckdb":
         return DuckDBEngine(cfg, con)
     if con is not None:
         raise ValueError(f"a DuckDB connection was given but features.engine={name!r}")
-    if name == "spark":
-        return SparkEngine(cfg)
-    raise ValueError(f"features.engine must be one of {list(ENGINES)}, got {name!r}")
+    return SparkEngine(cfg)
+
+
+def engine_name(cfg: FeaturesConfig) -> str:
+    """``cfg.engine``, checked: ``duckdb`` (also when empty) or ``spark``, any case.
+
+    Examples
+    --------
+    >>> engine_name(FeaturesConfig(engine="Spark"))
+    'spark'
+    """
+    given = getattr(cfg, "engine", None)
+    name = str(given or "duckdb").strip().lower()
+    if name not in ENGINES:
+        raise ValueError(
+            f"features.engine must be one of {list(ENGINES)} (or engine=spark), got {given!r}"
+        )
+    return name
