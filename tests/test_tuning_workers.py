@@ -244,6 +244,20 @@ def test_a_worker_tunes_every_tuned_family_last_first_or_the_chosen_ones(tmp_pat
     assert tuned_families(off) == ["sklearn"]
     with pytest.raises(ValueError, match=r"\['formula'\] not tuned"):
         tuned_families(compose_train(["tuning.families=[formula,sklearn]"], tmp_path))
+    with pytest.raises(ValueError, match="leaves the worker nothing to tune"):
+        tuned_families(compose_train(["tuning.families=[]"], tmp_path))
+
+
+def test_a_negative_wait_for_workers_is_refused_before_any_work(tmp_path):
+    from clv_training.jobs.train import run
+    from tests.conftest import compose_train
+
+    cfg = compose_train(
+        ["data=csv", f"data.path={tmp_path / 'absent.csv'}",
+         "tuning.wait_for_workers_seconds=-1"], tmp_path / "mlruns",
+    )
+    with pytest.raises(ValueError, match="wait_for_workers_seconds must be >= 0"):
+        run(cfg)
 
 
 # -- PostgreSQL with heartbeats (slow; its own throwaway server) ------------------------------

@@ -524,6 +524,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # Storage first: a refused tuning.storage fails before minutes of data work.
     storage = open_storage(cfg)
+    if float(cfg.tuning.wait_for_workers_seconds) < 0:
+        raise ValueError(
+            "tuning.wait_for_workers_seconds must be >= 0 (0: do not wait for other "
+            f"workers' trials), got {cfg.tuning.wait_for_workers_seconds}"
+        )
     data = prepare(cfg)
     prepared, plan, windows, digest = data.prepared, data.plan, data.windows, data.digest
     tx, feat_cfg, btyd_hook = data.tx, data.features, data.btyd_hook

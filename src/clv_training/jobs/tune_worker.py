@@ -56,6 +56,11 @@ def tuned_families(cfg: DictConfig) -> list[str]:
     chosen = cfg.tuning.get("families")
     if chosen is None:
         return tuned[::-1]
+    if not list(chosen):
+        raise ValueError(
+            f"tuning.families=[] leaves the worker nothing to tune; give some of {tuned}, "
+            "or null for all of them"
+        )
     unknown = [f for f in chosen if f not in tuned]
     if unknown:
         raise ValueError(
@@ -77,6 +82,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.monotonic()
     storage = open_storage(cfg)  # first: a refused tuning.storage fails at once
+    tuned_families(cfg)  # and an unknown family
     data = prepare(cfg)
     tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.artifact_root, cfg.mlflow.experiment)
     families = tuned_families(cfg)
