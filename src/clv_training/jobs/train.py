@@ -183,9 +183,8 @@ def make_objective(family: str, cfg: DictConfig, windows: Windows):
     metric, _ = _selection(cfg)
     val = windows.at(plan.validation)
     y_val = val[TARGET].to_numpy(float)
-    # Optuna trials may fit on fewer rows than the family's other fits (tuning.max_train_rows).
-    # Limitation: the study name does not include the cap, so a resumed study mixes trials
-    # fitted under an earlier cap with new ones.
+    # Optuna trials may fit on fewer rows than the family's other fits (tuning.max_train_rows);
+    # the cap is part of the study's set-up hash (study_setup), so a new cap starts a study.
     trial_rows = _row_cap(cfg.tuning.get("max_train_rows"), model_cfg.get("max_train_rows"))
 
     def objective(params: dict, trial: optuna.Trial | None) -> float:
