@@ -109,3 +109,10 @@ def test_a_different_metric_or_search_space_gets_another_study(tmp_path):
     assert base != setup("models.sklearn.search.learning_rate.high=0.5")
     assert base != setup("features.windows=[30,90]")
     assert len(base) == 8
+
+
+def test_unknown_schemes_and_upper_case_sqlite_get_the_storage_hint(tmp_path):
+    with pytest.raises(ValueError, match="no database driver for this URL scheme"):
+        tuning.make_storage("bogus://x", tmp_path)
+    with pytest.raises(ValueError, match="SQLite is not safe"):
+        tuning.make_storage(" SQLITE:///o.db", tmp_path)

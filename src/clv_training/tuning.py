@@ -109,7 +109,8 @@ def make_storage(
         folder = Path(mlruns) / "optuna"
         folder.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(folder / "journal.log")))
-    if storage.startswith("sqlite"):
+    storage = storage.strip()
+    if storage.lower().startswith("sqlite"):
         raise ValueError(
             f"tuning.storage={storage!r} is refused: SQLite is not safe for several "
             "workers (with queued trials, two workers raced, evaluated trials twice and one "
@@ -121,15 +122,26 @@ def make_storage(
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(storage))
     storage = rdb_url(storage)
+    from sqlalchemy.exc import NoSuchModuleError
+
     with warnings.catch_warnings():
         # heartbeat_interval and the retry callback are marked experimental.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            storage,
-            heartbeat_interval=int(heartbeat_seconds),
-            grace_period=int(grace_seconds),
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-        )
+        try:
+            return optuna.storages.RDBStorage(
+                storage,
+                heartbeat_interval=int(heartbeat_seconds),
+                grace_period=int(grace_seconds),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=max_retry
+                ),
+            )
+        except NoSuchModuleError as exc:
+            raise ValueError(
+                f"tuning.storage={storage!r}: no database driver for this URL scheme; use "
+                "null (mlruns/optuna/journal.log), a path ending in .log, or "
+                "postgresql://user:password@host:5432/optuna"
+            ) from exc
 
 
 def rdb_url(storage: str) -> str:
